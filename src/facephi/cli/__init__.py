@@ -1,0 +1,52 @@
+"""The ``facephi`` command line: one entry point, one sub-command per pipeline step."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Sequence
+
+from facephi import __version__
+from facephi.utils.errors import FacePhiError
+
+# Each name is a module ``facephi.cli.<name>`` exposing ``register(subparsers)``; the parser it
+# adds sets ``func`` to a callable taking the parsed namespace and returning an exit code.
+# Command modules import heavy libraries (torch, mediapipe) inside their ``run`` so that
+# ``facephi --help`` stays fast.
+COMMANDS: tuple[str, ...] = ("extract", "align", "train", "eval", "predict", "reproduce", "demo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="facephi",
+        description="Emotion recognition from facial landmarks with a lightweight multimodal LLM.",
+    )
+    parser.add_argument("--version", action="version", version=f"facephi {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"facephi.cli.{name}").register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except FacePhiError as exc:
+        print(f"facephi {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"facephi {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""data step of the facephi pipeline."""

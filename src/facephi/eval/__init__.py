@@ -1,0 +1,1 @@
+"""eval step of the facephi pipeline."""

@@ -1,0 +1,1 @@
+"""landmarks step of the facephi pipeline."""

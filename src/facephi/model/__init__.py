@@ -1,0 +1,1 @@
+"""model step of the facephi pipeline."""

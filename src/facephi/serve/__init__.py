@@ -1,0 +1,1 @@
+"""serve step of the facephi pipeline."""
