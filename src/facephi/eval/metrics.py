@@ -1,0 +1,142 @@
+"""Classification metrics shared by every Table-1 row (LLM answers and encoder classifiers alike).
+
+Predictions are class indices, with ``-1`` for "no class" (an LLM answer without any class
+keyword). Pure numpy.
+
+Definitions (K classes, support = number of true samples of a class):
+
+* ``accuracy``: fraction of samples whose prediction equals the truth (a miss is wrong).
+* ``balanced_accuracy``: macro recall, the mean per-class recall over classes with support > 0.
+* ``macro_f1``: mean per-class F1 over the same classes (F1 = 0 when a class is never predicted
+  or never hit). Classes absent from the evaluated split are left out of both macro means
+  (reported in ``per_class`` with ``support`` 0 and ``recall`` None).
+* ``per_class``: recall, precision (None when the class is never predicted), F1, support and
+  number of predictions.
+* ``confusion``: int [K, K+1], rows = true class, columns = predicted class, last column = no
+  class (missed).
+* ``miss_rate``: fraction of predictions that are ``-1``.
+* ``ambiguous_rate`` / ``accuracy_contains``: only for LLM answers (see ``facephi.eval.keywords``);
+  None for classifiers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from facephi.labels import CLASSES
+
+MISS = -1
+"""Prediction value meaning "the answer names no class"."""
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """Counts [K, K+1]: row = true class, column = predicted class, column K = missed (``-1``)."""
+    columns = np.where(y_pred == MISS, num_classes, y_pred)
+    matrix = np.zeros((num_classes, num_classes + 1), dtype=np.int64)
+    np.add.at(matrix, (y_true, columns), 1)
+    return matrix
+
+
+@dataclass
+class ClassificationMetrics:
+    """Every number one evaluation reports; ``to_dict()`` is what ``metrics.json`` holds."""
+
+    n: int
+    accuracy: float
+    balanced_accuracy: float
+    macro_f1: float
+    miss_rate: float
+    per_class: dict[str, dict[str, Any]]
+    confusion: list[list[int]]
+    class_names: list[str]
+    ambiguous_rate: float | None = None
+    accuracy_contains: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ClassificationMetrics":
+        return cls(**data)
+
+
+def _validated(values: Sequence[int] | np.ndarray, name: str, low: int, num_classes: int) -> np.ndarray:
+    array = np.asarray(values)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {array.shape}")
+    if array.size and not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"{name} must hold integer class indices, got dtype {array.dtype}")
+    array = array.astype(np.int64)
+    bad = (array < low) | (array >= num_classes)
+    if bad.any():
+        raise ValueError(
+            f"{name} holds {int(bad.sum())} value(s) outside [{low}, {num_classes - 1}], "
+            f"e.g. {int(array[bad][0])}"
+        )
+    return array
+
+
+def compute_metrics(
+    y_true: Sequence[int] | np.ndarray,
+    y_pred: Sequence[int] | np.ndarray,
+    *,
+    class_names: Sequence[str] = CLASSES,
+    ambiguous: Sequence[bool] | np.ndarray | None = None,
+    contains_correct: Sequence[bool] | np.ndarray | None = None,
+) -> ClassificationMetrics:
+    """Metrics of class predictions ``y_pred`` (``-1`` = missed) against labels ``y_true``.
+
+    ``ambiguous`` and ``contains_correct`` (one flag per sample, from the keyword matcher) add the
+    ambiguous-answer rate and the lenient "contains" accuracy.
+    """
+    num_classes = len(class_names)
+    truth = _validated(y_true, "y_true", 0, num_classes)
+    pred = _validated(y_pred, "y_pred", MISS, num_classes)
+    if truth.shape != pred.shape:
+        raise ValueError(f"y_true has {truth.size} samples but y_pred has {pred.size}")
+    if truth.size == 0:
+        raise ValueError("no samples to evaluate")
+
+    matrix = confusion_matrix(truth, pred, num_classes)
+    hits = np.diag(matrix[:, :num_classes]).astype(np.float64)
+    support = matrix.sum(axis=1)
+    predicted = matrix[:, :num_classes].sum(axis=0)
+
+    per_class: dict[str, dict[str, Any]] = {}
+    recalls, f1s = [], []
+    for k, name in enumerate(class_names):
+        recall = float(hits[k] / support[k]) if support[k] else None
+        precision = float(hits[k] / predicted[k]) if predicted[k] else None
+        both = support[k] + predicted[k]
+        f1 = float(2 * hits[k] / both) if both else None
+        per_class[name] = {
+            "recall": recall, "precision": precision, "f1": f1,
+            "support": int(support[k]), "predicted": int(predicted[k]),
+        }
+        if support[k]:
+            recalls.append(recall)
+            f1s.append(f1)
+
+    def rate(flags: Sequence[bool] | np.ndarray | None, name: str) -> float | None:
+        if flags is None:
+            return None
+        array = np.asarray(flags, dtype=bool)
+        if array.shape != truth.shape:
+            raise ValueError(f"{name} has {array.size} flags for {truth.size} samples")
+        return float(array.mean())
+
+    return ClassificationMetrics(
+        n=int(truth.size),
+        accuracy=float((truth == pred).mean()),
+        balanced_accuracy=float(np.mean(recalls)),
+        macro_f1=float(np.mean(f1s)),
+        miss_rate=float((pred == MISS).mean()),
+        per_class=per_class,
+        confusion=matrix.tolist(),
+        class_names=list(class_names),
+        ambiguous_rate=rate(ambiguous, "ambiguous"),
+        accuracy_contains=rate(contains_correct, "contains_correct"),
+    )

@@ -1,0 +1,70 @@
+"""Metrics against a hand-computed example (and sklearn, where sklearn defines the same number)."""
+
+import numpy as np
+import pytest
+
+from facephi.eval.metrics import MISS, compute_metrics, confusion_matrix
+
+NAMES = ("a", "b", "c")
+
+
+def test_hand_computed_example():
+    # true:  a a a a b b c c     (class a: 4, b: 2, c: 2)
+    # pred:  a a b - b c c -     (- = no keyword)
+    y_true = [0, 0, 0, 0, 1, 1, 2, 2]
+    y_pred = [0, 0, 1, MISS, 1, 2, 2, MISS]
+    m = compute_metrics(y_true, y_pred, class_names=NAMES,
+                        ambiguous=[0, 0, 1, 0, 0, 0, 0, 0],
+                        contains_correct=[1, 1, 1, 0, 1, 0, 1, 0])
+    assert m.n == 8
+    assert m.accuracy == pytest.approx(4 / 8)
+    # recalls: a 2/4, b 1/2, c 1/2
+    assert m.balanced_accuracy == pytest.approx((0.5 + 0.5 + 0.5) / 3)
+    # precisions: a 2/2, b 1/2, c 1/2 -> F1: a 2*2/(4+2)=2/3, b 2*1/(2+2)=1/2, c 1/2
+    assert m.macro_f1 == pytest.approx((2 / 3 + 0.5 + 0.5) / 3)
+    assert m.per_class["a"] == {"recall": 0.5, "precision": 1.0, "f1": pytest.approx(2 / 3),
+                                "support": 4, "predicted": 2}
+    assert m.miss_rate == pytest.approx(2 / 8)
+    assert m.ambiguous_rate == pytest.approx(1 / 8)
+    assert m.accuracy_contains == pytest.approx(5 / 8)
+    assert m.confusion == [[2, 1, 0, 1], [0, 1, 1, 0], [0, 0, 1, 1]]
+
+
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
+def test_matches_sklearn_on_random_predictions():
+    from sklearn.metrics import balanced_accuracy_score, f1_score
+
+    rng = np.random.default_rng(0)
+    y_true = rng.integers(0, 8, 300)
+    y_pred = np.where(rng.random(300) < 0.2, MISS, rng.integers(0, 8, 300))
+    m = compute_metrics(y_true, y_pred)
+    assert m.balanced_accuracy == pytest.approx(balanced_accuracy_score(y_true, y_pred))
+    assert m.macro_f1 == pytest.approx(f1_score(y_true, y_pred, labels=list(range(8)), average="macro"))
+    assert np.asarray(m.confusion).sum() == 300
+    assert m.ambiguous_rate is None and m.accuracy_contains is None
+
+
+def test_absent_class_is_left_out_of_macro_means():
+    m = compute_metrics([0, 0, 1], [0, 1, 1], class_names=NAMES)
+    assert m.per_class["c"] == {"recall": None, "precision": None, "f1": None,
+                                "support": 0, "predicted": 0}
+    assert m.balanced_accuracy == pytest.approx((0.5 + 1.0) / 2)
+
+
+def test_confusion_matrix_has_a_miss_column():
+    assert confusion_matrix(np.array([1, 1]), np.array([MISS, 0]), 2).tolist() == [[0, 0, 0], [1, 0, 1]]
+
+
+@pytest.mark.parametrize(
+    "y_true, y_pred, message",
+    [
+        ([0, 1], [0], "2 samples"),
+        ([0, 3], [0, 1], "outside"),
+        ([0, -1], [0, 1], "outside"),
+        ([0.0, 1.0], [0, 1], "integer"),
+        ([], [], "no samples"),
+    ],
+)
+def test_bad_inputs_are_rejected(y_true, y_pred, message):
+    with pytest.raises(ValueError, match=message):
+        compute_metrics(np.asarray(y_true), np.asarray(y_pred, dtype=np.int64), class_names=NAMES)
