@@ -1,0 +1,333 @@
+"""Evaluation of a FacePhi model (LLM answers + keyword matching) or of a landmark encoder's classifier.
+
+Both write the same files into an output folder (all atomic):
+
+* ``metrics.json``: :class:`~facephi.eval.metrics.ClassificationMetrics` fields, plus ``settings``
+  (what was evaluated and how) and ``run`` (versions, seed, command);
+* ``predictions.jsonl``: one line per sample, in split order;
+* ``confusion.png`` and ``report.md``.
+
+LLM evaluation generates greedily in left-padded batches. It is resumable: finished batches are
+appended to ``predictions.partial.jsonl``; a re-run with the same settings continues after them,
+and the partial file is replaced by ``predictions.jsonl`` at the end.
+
+Instructions (``instruction_policy``): ``"random"`` (default) draws one of the paper's 15
+instructions per sample from ``np.random.default_rng([seed, sample_index])`` — as the paper's
+data does, and independent of batch size, ``limit`` or resumption; ``"first"`` always uses
+instruction 1; ``instruction=TEXT`` uses a fixed custom text.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from facephi.eval.keywords import match_answer
+from facephi.eval.metrics import MISS, ClassificationMetrics, compute_metrics
+from facephi.eval.report import metrics_markdown, save_confusion_png
+from facephi.labels import CLASSES
+from facephi.utils.errors import FacePhiError
+from facephi.utils.io import read_json, write_json, write_text
+from facephi.utils.runinfo import run_info
+
+logger = logging.getLogger(__name__)
+
+INSTRUCTION_POLICIES = ("random", "first")
+METRICS_NAME = "metrics.json"
+PREDICTIONS_NAME = "predictions.jsonl"
+PARTIAL_NAME = "predictions.partial.jsonl"
+
+
+@dataclass
+class EvalResult:
+    """Metrics, per-sample records and where they were written (``out_dir`` may be None)."""
+
+    metrics: ClassificationMetrics
+    records: list[dict[str, Any]]
+    settings: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+    out_dir: Path | None = None
+
+    @classmethod
+    def load(cls, out_dir: str | Path) -> "EvalResult":
+        """Read a finished evaluation folder back (``metrics.json`` + ``predictions.jsonl``)."""
+        out_dir = Path(out_dir)
+        metrics_path, predictions_path = out_dir / METRICS_NAME, out_dir / PREDICTIONS_NAME
+        for path in (metrics_path, predictions_path):
+            if not path.is_file():
+                raise FacePhiError(f"{path}: missing; {out_dir} is not a finished evaluation")
+        data = read_json(metrics_path)
+        settings, seconds = data.pop("settings", {}), data.pop("seconds", 0.0)
+        data.pop("run", None)
+        records = _read_jsonl(predictions_path)
+        return cls(ClassificationMetrics.from_dict(data), records, settings, seconds, out_dir)
+
+
+def choose_instruction(index: int, policy: str = "random", seed: int = 0) -> str:
+    """The instruction asked for sample ``index`` under ``policy`` (see the module docstring)."""
+    from facephi.data.templates import INSTRUCTIONS
+
+    if policy == "first":
+        return INSTRUCTIONS[0]
+    if policy == "random":
+        return INSTRUCTIONS[int(np.random.default_rng([seed, int(index)]).integers(len(INSTRUCTIONS)))]
+    raise ValueError(f"instruction_policy must be one of {INSTRUCTION_POLICIES}, got {policy!r}")
+
+
+def select_indices(landmark_set: Any, split: str, limit: int | None = None, seed: int = 0,
+                   split_seed: int = 0) -> np.ndarray:
+    """Labelled sample indices of ``split`` (``standard_splits`` for train/valid/test, else the
+    dataset's own split name); with ``limit``, a seeded random subset kept in split order."""
+    if split in ("train", "valid", "test"):
+        indices = np.asarray(landmark_set.standard_splits(split_seed)[split], dtype=np.int64)
+    else:
+        indices = np.asarray(landmark_set.indices(split), dtype=np.int64)
+    labelled = indices[np.asarray(landmark_set.labels)[indices] >= 0]
+    if len(labelled) < len(indices):
+        logger.warning("split %r: %d unlabelled samples left out", split, len(indices) - len(labelled))
+    if len(labelled) == 0:
+        raise FacePhiError(f"{landmark_set.root}: split {split!r} has no labelled samples")
+    if limit is not None and limit < len(labelled):
+        if limit <= 0:
+            raise FacePhiError(f"--limit must be positive, got {limit}")
+        labelled = np.sort(np.random.default_rng(seed).choice(labelled, size=limit, replace=False))
+    return labelled
+
+
+def _as_dataset(data: Any, split: str, normalizer: Any, limit: int | None, seed: int,
+                split_seed: int) -> Any:
+    """A ``LandmarkSet`` becomes a ``LandmarkDataset`` of ``split``; a dataset is used as is."""
+    if hasattr(data, "__getitem__") and hasattr(data, "__len__") and not hasattr(data, "standard_splits"):
+        if limit is not None and limit < len(data):
+            return torch.utils.data.Subset(data, list(range(limit)))
+        return data
+    from facephi.data.dataset import LandmarkDataset
+
+    if normalizer is None:
+        raise FacePhiError("the model's encoder has no landmark normaliser: pass a LandmarkDataset "
+                           "of already normalised landmarks instead of a LandmarkSet")
+    indices = select_indices(data, split, limit, seed, split_seed)
+    return LandmarkDataset(data, indices, normalizer)
+
+
+def _batches(dataset: Any, batch_size: int, skip: set[int]) -> Any:
+    """Yield lists of items of ``dataset`` in order, leaving out sample indices in ``skip``."""
+    batch: list[dict[str, Any]] = []
+    for position in range(len(dataset)):
+        item = dataset[position]
+        if int(item["index"]) in skip:
+            continue
+        if not 0 <= int(item["label"]) < len(CLASSES):
+            raise FacePhiError(f"sample {int(item['index'])} has no class label ({int(item['label'])})")
+        batch.append(item)
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Records of a JSON-lines file; a truncated last line (interrupted write) is dropped."""
+    records = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            if number == len(lines):
+                break
+            raise FacePhiError(f"{path}:{number}: invalid JSON line ({exc})") from exc
+    return records
+
+
+def _jsonl(records: Sequence[dict[str, Any]]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(iter(model.parameters()), torch.empty(0)).device
+
+
+def _run(
+    dataset: Any, predict_batch: Callable[[list[dict[str, Any]]], list[dict[str, Any]]],
+    settings: dict[str, Any], batch_size: int, out_dir: str | Path | None, progress: bool,
+    title: str,
+) -> EvalResult:
+    """Shared loop: resume, predict batches, append partial records, compute and write results."""
+    from tqdm.auto import tqdm
+
+    if batch_size <= 0:
+        raise FacePhiError(f"batch size must be positive, got {batch_size}")
+    settings = json.loads(json.dumps(settings, default=str))  # as it reads back from JSON
+    out = Path(out_dir) if out_dir is not None else None
+    done: list[dict[str, Any]] = []
+    partial = out / PARTIAL_NAME if out else None
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        settings_path = out / "settings.partial.json"
+        if partial.is_file() and settings_path.is_file() and read_json(settings_path) == settings:
+            done = _read_jsonl(partial)
+            logger.info("resuming %s: %d samples already evaluated", out, len(done))
+        write_json(settings_path, settings)
+        write_text(partial, _jsonl(done))  # drops a truncated last line, starts fresh otherwise
+
+    start = time.perf_counter()
+    skip = {int(r["index"]) for r in done}
+    records = list(done)
+    with tqdm(total=len(dataset), initial=len(done), disable=not progress, unit="sample",
+              desc=title) as bar:
+        for batch in _batches(dataset, batch_size, skip):
+            new = predict_batch(batch)
+            records.extend(new)
+            if partial is not None:
+                with open(partial, "a", encoding="utf-8") as fh:
+                    fh.write(_jsonl(new))
+            bar.update(len(batch))
+    seconds = time.perf_counter() - start
+
+    if not records:
+        raise FacePhiError("nothing to evaluate: the dataset is empty")
+    metrics = compute_metrics(
+        [r["true_index"] for r in records], [r["predicted_index"] for r in records],
+        ambiguous=[r["ambiguous"] for r in records] if "ambiguous" in records[0] else None,
+        contains_correct=[r["correct_contains"] for r in records] if "correct_contains" in records[0] else None,
+    )
+    result = EvalResult(metrics, records, settings, seconds, out)
+    if out:
+        _write_outputs(result, title)
+        partial.unlink(missing_ok=True)
+        (out / "settings.partial.json").unlink(missing_ok=True)
+    return result
+
+
+def _write_outputs(result: EvalResult, title: str) -> None:
+    out = result.out_dir
+    assert out is not None
+    write_text(out / PREDICTIONS_NAME, _jsonl(result.records))
+    write_json(out / METRICS_NAME, {**result.metrics.to_dict(), "settings": result.settings,
+                                    "seconds": result.seconds, "run": run_info(result.settings.get("seed"))})
+    save_confusion_png(result.metrics, out / "confusion.png", title=f"{title}: accuracy "
+                       f"{100 * result.metrics.accuracy:.1f} % (n = {result.metrics.n})")
+    info = {k: v for k, v in result.settings.items() if not isinstance(v, (dict, list))}
+    write_text(out / "report.md", metrics_markdown(result.metrics, title=title, info=info))
+
+
+def _class_name(index: int | None) -> str | None:
+    return None if index is None else CLASSES[index]
+
+
+def evaluate_model(
+    model: Any,
+    formatter: Any,
+    data: Any,
+    split: str = "test",
+    *,
+    batch_size: int = 16,
+    max_new_tokens: int = 32,
+    instruction_policy: str = "random",
+    instruction: str | None = None,
+    seed: int = 0,
+    limit: int | None = None,
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+    split_seed: int = 0,
+    settings: dict[str, Any] | None = None,
+) -> EvalResult:
+    """Greedy answers of a ``FacePhiModel`` on ``split``, scored by keyword matching.
+
+    ``data`` is a ``LandmarkSet`` (normalised with the model encoder's normaliser, ``split`` and
+    ``limit`` applied, see :func:`select_indices`) or any dataset of ``{"points", "label",
+    "index"}`` items (used whole; ``limit`` keeps its first items). ``settings`` adds entries (e.g.
+    the checkpoint path) to the recorded settings.
+    """
+    if instruction is None:
+        choose_instruction(0, instruction_policy, seed)  # validates the policy early
+    if max_new_tokens <= 0:
+        raise FacePhiError(f"max_new_tokens must be positive, got {max_new_tokens}")
+    encoder = getattr(model, "encoder", None)
+    dataset = _as_dataset(data, split, getattr(encoder, "normalizer", None), limit, seed, split_seed)
+    device = _device(model)
+    model.eval()
+
+    def predict_batch(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        indices = [int(item["index"]) for item in batch]
+        texts = [instruction if instruction is not None else choose_instruction(i, instruction_policy, seed)
+                 for i in indices]
+        padded = formatter.pad_prompts([formatter.encode_prompt(t) for t in texts])
+        points = torch.stack([torch.as_tensor(item["points"]) for item in batch])
+        with torch.inference_mode():
+            answers = model.generate(padded["input_ids"].to(device), padded["attention_mask"].to(device),
+                                     points.to(device), max_new_tokens=max_new_tokens)
+        if len(answers) != len(batch):
+            raise RuntimeError(f"model.generate returned {len(answers)} answers for {len(batch)} prompts")
+        records = []
+        for item, index, text, answer in zip(batch, indices, texts, answers):
+            match, label = match_answer(answer), int(item["label"])
+            predicted = match.predicted
+            records.append({
+                "index": index, "instruction": text, "answer": answer,
+                "predicted": _class_name(predicted), "true": CLASSES[label],
+                "correct": match.correct(label), "correct_contains": match.contains(label),
+                "ambiguous": match.ambiguous, "mentioned": [CLASSES[k] for k in match.mentioned],
+                "predicted_index": MISS if predicted is None else predicted, "true_index": label,
+            })
+        return records
+
+    recorded = {
+        "kind": "facephi", "split": split, "n_samples": len(dataset), "batch_size": batch_size,
+        "max_new_tokens": max_new_tokens, "decoding": "greedy",
+        "instruction_policy": "fixed" if instruction is not None else instruction_policy,
+        "instruction": instruction, "seed": seed, "limit": limit, "split_seed": split_seed,
+        "keyword_rule": "first class named (strict); lenient 'contains' reported alongside",
+        **(settings or {}),
+    }
+    return _run(dataset, predict_batch, recorded, batch_size, out_dir, progress, "FacePhi")
+
+
+def evaluate_encoder(
+    encoder: Any,
+    data: Any,
+    split: str = "test",
+    *,
+    batch_size: int = 256,
+    seed: int = 0,
+    limit: int | None = None,
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+    split_seed: int = 0,
+    settings: dict[str, Any] | None = None,
+) -> EvalResult:
+    """The landmark encoder's own classifier (``class_logits``, argmax) on ``split``: the Table-1
+    reference row, with the same metrics and files as :func:`evaluate_model`."""
+    dataset = _as_dataset(data, split, getattr(encoder, "normalizer", None), limit, seed, split_seed)
+    device = _device(encoder)
+    encoder.eval()
+
+    def predict_batch(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        points = torch.stack([torch.as_tensor(item["points"]) for item in batch]).to(device)
+        with torch.inference_mode():
+            probabilities = torch.softmax(encoder.class_logits(points).float(), dim=-1).cpu().numpy()
+        records = []
+        for item, probs in zip(batch, probabilities):
+            predicted, label = int(probs.argmax()), int(item["label"])
+            records.append({
+                "index": int(item["index"]), "predicted": CLASSES[predicted], "true": CLASSES[label],
+                "correct": predicted == label, "confidence": round(float(probs[predicted]), 6),
+                "predicted_index": predicted, "true_index": label,
+            })
+        return records
+
+    recorded = {"kind": "encoder", "objective": getattr(encoder, "objective", None), "split": split,
+                "n_samples": len(dataset), "batch_size": batch_size, "seed": seed, "limit": limit,
+                "split_seed": split_seed, **(settings or {})}
+    return _run(dataset, predict_batch, recorded, batch_size, out_dir, progress, "Encoder classifier")

@@ -1,0 +1,92 @@
+"""Human-readable views of :class:`~facephi.eval.metrics.ClassificationMetrics`: markdown and a PNG."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from facephi.eval.metrics import ClassificationMetrics
+from facephi.labels import display_name
+from facephi.utils.io import atomic_path
+
+_SUMMARY_ROWS: tuple[tuple[str, str], ...] = (
+    ("accuracy", "Accuracy (strict: first class named)"),
+    ("accuracy_contains", "Accuracy (lenient: true class named anywhere)"),
+    ("balanced_accuracy", "Balanced accuracy (macro recall)"),
+    ("macro_f1", "Macro-F1"),
+    ("miss_rate", "No class keyword (miss rate)"),
+    ("ambiguous_rate", "Several classes named (ambiguous rate)"),
+)
+
+
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f} %"
+
+
+def summary_lines(metrics: ClassificationMetrics) -> list[tuple[str, str]]:
+    """(label, formatted value) pairs of the headline numbers; rows that do not apply are dropped."""
+    lines = [("Samples", str(metrics.n))]
+    for key, label in _SUMMARY_ROWS:
+        value = getattr(metrics, key)
+        if value is not None:
+            lines.append((label, _percent(value)))
+    return lines
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def metrics_markdown(metrics: ClassificationMetrics, title: str = "Evaluation", info: dict[str, Any] | None = None) -> str:
+    """A markdown report: summary, per-class table, confusion matrix (counts), optional run info."""
+    names = [display_name(n) for n in metrics.class_names]
+    parts = [f"# {title}", "", _table(["Metric", "Value"], [list(r) for r in summary_lines(metrics)]), ""]
+    per_class = [
+        [names[k], str(row["support"]), str(row["predicted"]), _percent(row["recall"]),
+         _percent(row["precision"]), _percent(row["f1"])]
+        for k, row in enumerate(metrics.per_class.values())
+    ]
+    parts += ["## Per class", "", _table(["Class", "Support", "Predicted", "Recall", "Precision", "F1"], per_class), ""]
+    confusion = [[names[k], *map(str, row)] for k, row in enumerate(metrics.confusion)]
+    parts += [
+        "## Confusion matrix", "",
+        "Rows: true class; columns: predicted class; *none*: no class keyword in the answer.", "",
+        _table(["true \\ predicted", *names, "none"], confusion), "",
+    ]
+    if info:
+        parts += ["## Run", "", _table(["Setting", "Value"], [[k, f"`{v}`"] for k, v in info.items()]), ""]
+    return "\n".join(parts)
+
+
+def save_confusion_png(metrics: ClassificationMetrics, path: str | os.PathLike[str], title: str = "") -> None:
+    """Row-normalised confusion matrix (colour) with counts (text) as a PNG, written atomically.
+
+    Uses a bare matplotlib ``Figure`` (Agg canvas), so no GUI backend or pyplot state is touched.
+    """
+    from matplotlib.figure import Figure
+
+    counts = np.asarray(metrics.confusion, dtype=np.int64)
+    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    columns = [display_name(n) for n in metrics.class_names] + ["none"]
+    rows = columns[:-1]
+
+    fig = Figure(figsize=(1.0 + 0.8 * len(columns), 1.0 + 0.7 * len(rows)), dpi=120)
+    ax = fig.subplots()
+    image = ax.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0)
+    ax.set_xticks(range(len(columns)), columns, rotation=45, ha="right")
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(counts.shape[0]):
+        for j in range(counts.shape[1]):
+            ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=8,
+                    color="white" if rates[i, j] > 0.5 else "black")
+    ax.set_title(title or f"accuracy {_percent(metrics.accuracy)} (n = {metrics.n})", fontsize=10)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")

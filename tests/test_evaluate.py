@@ -1,0 +1,161 @@
+"""End-to-end evaluation: batching with left padding, keyword scoring, output files, resumption."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from facephi.data.instruction import PromptFormatter, prepare_tokenizer
+from facephi.data.templates import INSTRUCTIONS
+from facephi.eval.evaluate import EvalResult, choose_instruction, evaluate_encoder, evaluate_model
+from facephi.labels import CLASSES
+from tiny_models import tiny_tokenizer
+
+N = 10
+
+
+class PointsDataset(torch.utils.data.Dataset):
+    """Items whose points encode their label and index (so the fake model can answer from them)."""
+
+    def __init__(self, n: int = N):
+        self.labels = [i % len(CLASSES) for i in range(n)]
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        points = torch.zeros(478, 3)
+        points[0, 0], points[0, 1] = self.labels[i], 100 + i
+        return {"points": points, "label": self.labels[i], "index": 100 + i}
+
+
+def scripted_answer(label: int, index: int) -> str:
+    """index % 4: 0 -> correct, 1 -> no keyword, 2 -> two classes (true one second), 3 -> wrong."""
+    true, other = CLASSES[label], CLASSES[(label + 1) % len(CLASSES)]
+    return [f"The emotion of {true.upper()}.", "I cannot tell.",
+            f"Either {other} or {true}.", f"Clearly {other}."][index % 4]
+
+
+class ScriptedModel(torch.nn.Module):
+    """Same interface as ``FacePhiModel.generate``; checks the batch layout it receives."""
+
+    def __init__(self, landmark_id: int, fail_after: int | None = None):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.landmark_id, self.fail_after, self.calls = landmark_id, fail_after, []
+
+    def generate(self, input_ids, attention_mask, points, max_new_tokens):
+        assert input_ids.shape == attention_mask.shape and len(points) == len(input_ids)
+        for row, mask in zip(input_ids, attention_mask):
+            start = int((mask == 0).sum())
+            assert mask[start:].all() and not mask[:start].any()  # left padding
+            assert int((row[start:] == self.landmark_id).sum()) == 1
+        assert attention_mask[:, -1].all()
+        if self.fail_after is not None and len(self.calls) >= self.fail_after:
+            raise KeyboardInterrupt
+        self.calls.append([int(p[0, 1]) for p in points])
+        return [scripted_answer(int(p[0, 0]), int(p[0, 1])) for p in points]
+
+
+@pytest.fixture(scope="module")
+def formatter():
+    tokenizer = tiny_tokenizer("smollm")
+    prepare_tokenizer(tokenizer)
+    return PromptFormatter(tokenizer, max_length=96)
+
+
+def test_scores_and_files(formatter, tmp_path):
+    model = ScriptedModel(formatter.landmark_id)
+    result = evaluate_model(model, formatter, PointsDataset(), batch_size=4, out_dir=tmp_path, progress=False)
+    # indices 100..109: index % 4 == 0 correct (100, 104, 108), == 2 ambiguous (102, 106)
+    m = result.metrics
+    assert m.n == N and m.accuracy == pytest.approx(3 / N)
+    assert m.accuracy_contains == pytest.approx(5 / N)
+    assert m.miss_rate == pytest.approx(3 / N)           # 101, 105, 109
+    assert m.ambiguous_rate == pytest.approx(2 / N)
+    assert [len(c) for c in model.calls] == [4, 4, 2]
+
+    lines = [json.loads(s) for s in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in lines] == list(range(100, 110))
+    first = lines[0]
+    assert first["answer"] == scripted_answer(0, 100) and first["predicted"] == "neutral"
+    assert first["true"] == "neutral" and first["correct"] is True
+    assert lines[1]["predicted"] is None and lines[1]["correct"] is False
+    assert lines[2]["correct"] is False and lines[2]["correct_contains"] is True and lines[2]["ambiguous"]
+    assert all(r["instruction"] == choose_instruction(r["index"], "random", 0) for r in lines)
+    assert all(r["instruction"] in INSTRUCTIONS for r in lines)
+
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["accuracy"] == pytest.approx(0.3) and saved["settings"]["batch_size"] == 4
+    assert (tmp_path / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| Accuracy (strict: first class named) | 30.0 % |" in (tmp_path / "report.md").read_text()
+    assert not (tmp_path / "predictions.partial.jsonl").exists()
+    loaded = EvalResult.load(tmp_path)
+    assert loaded.metrics == m and loaded.records == result.records
+
+
+def test_results_do_not_depend_on_batch_size_and_instructions_are_seeded(formatter):
+    a = evaluate_model(ScriptedModel(formatter.landmark_id), formatter, PointsDataset(), batch_size=3, progress=False)
+    b = evaluate_model(ScriptedModel(formatter.landmark_id), formatter, PointsDataset(), batch_size=10, progress=False)
+    assert a.records == b.records
+    c = evaluate_model(ScriptedModel(formatter.landmark_id), formatter, PointsDataset(), seed=1, progress=False)
+    assert [r["instruction"] for r in c.records] != [r["instruction"] for r in a.records]
+    fixed = evaluate_model(ScriptedModel(formatter.landmark_id), formatter, PointsDataset(), progress=False,
+                           instruction_policy="first")
+    assert {r["instruction"] for r in fixed.records} == {INSTRUCTIONS[0]}
+
+
+def test_resume_continues_after_the_finished_batches(formatter, tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_model(ScriptedModel(formatter.landmark_id, fail_after=2), formatter, PointsDataset(),
+                       batch_size=3, out_dir=tmp_path, progress=False)
+    assert len((tmp_path / "predictions.partial.jsonl").read_text().splitlines()) == 6
+    model = ScriptedModel(formatter.landmark_id)
+    resumed = evaluate_model(model, formatter, PointsDataset(), batch_size=3, out_dir=tmp_path, progress=False)
+    assert model.calls == [[106, 107, 108], [109]]
+    whole = evaluate_model(ScriptedModel(formatter.landmark_id), formatter, PointsDataset(), batch_size=3,
+                           progress=False)
+    assert resumed.records == whole.records and resumed.metrics == whole.metrics
+
+
+def test_changed_settings_start_over(formatter, tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_model(ScriptedModel(formatter.landmark_id, fail_after=1), formatter, PointsDataset(),
+                       batch_size=3, out_dir=tmp_path, progress=False)
+    model = ScriptedModel(formatter.landmark_id)
+    evaluate_model(model, formatter, PointsDataset(), batch_size=3, seed=5, out_dir=tmp_path, progress=False)
+    assert sum(map(len, model.calls)) == N
+
+
+class OracleEncoder(torch.nn.Module):
+    """Classifier stand-in: logits peak at the label encoded in the points."""
+
+    objective = "classify"
+    normalizer = None
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def class_logits(self, points):
+        labels = points[:, 0, 0].long()
+        labels = torch.where(points[:, 0, 1].long() % 2 == 0, labels, (labels + 1) % len(CLASSES))
+        return torch.nn.functional.one_hot(labels, len(CLASSES)).float() * 5
+
+
+def test_encoder_classifier_uses_the_same_metrics(tmp_path):
+    result = evaluate_encoder(OracleEncoder(), PointsDataset(), batch_size=4, out_dir=tmp_path, progress=False)
+    assert result.metrics.accuracy == pytest.approx(0.5)
+    assert result.metrics.miss_rate == 0 and result.metrics.ambiguous_rate is None
+    assert (tmp_path / "predictions.jsonl").is_file() and (tmp_path / "report.md").is_file()
+    assert 0 < result.records[0]["confidence"] <= 1
+
+
+def test_bad_settings_are_reported(formatter):
+    from facephi.utils.errors import FacePhiError
+
+    with pytest.raises(ValueError, match="instruction_policy"):
+        evaluate_model(ScriptedModel(formatter.landmark_id), formatter, PointsDataset(), instruction_policy="x")
+    with pytest.raises(FacePhiError, match="batch size"):
+        evaluate_model(ScriptedModel(formatter.landmark_id), formatter, PointsDataset(), batch_size=0, progress=False)
