@@ -1,0 +1,378 @@
+"""Two-stage training of the FacePhi LLM under HF ``accelerate`` (`facephi train`).
+
+Stage 1 freezes the LLM and the landmark encoder and trains the projector; stage 2 also
+trains the LLM (full fine-tuning, or a LoRA adapter). The same code runs on one CPU, one GPU
+or several GPUs (``accelerate launch -m facephi.cli train ...``).
+
+Run directory::
+
+    RUN/config.json      resolved TrainConfig + sources + data sizes
+    RUN/run.json         seed, package versions, command (facephi.utils.runinfo.run_info)
+    RUN/metrics.json     loss curve, valid loss before/after, wall time, samples/s
+    RUN/checkpoints/step-NNNNNNN/   latest resumable checkpoint(s) (see train.checkpoint)
+    RUN/final/           FacePhiModel.save_pretrained of the trained model
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from facephi.train import checkpoint as ckpt
+from facephi.train.presets import TrainConfig
+from facephi.utils.errors import FacePhiError
+from facephi.utils.io import read_json, write_json
+from facephi.utils.runinfo import run_info, seed_everything
+
+logger = logging.getLogger(__name__)
+
+FINAL_DIR = "final"
+# Fields that may change between an interrupted run and its resumption.
+RESUMABLE_CHANGES = frozenset({"save_every", "keep_checkpoints", "log_every", "num_threads"})
+
+
+@dataclass
+class StageResult:
+    run_dir: Path
+    global_step: int
+    total_steps: int
+    finished: bool
+    metrics: dict[str, Any]
+
+    @property
+    def final_dir(self) -> Path:
+        return self.run_dir / FINAL_DIR
+
+
+# ---------------------------------------------------------------------------- data helpers
+
+def balanced_subset(labels: np.ndarray, size: int | None, seed: int) -> np.ndarray:
+    """Up to ``size`` positions of ``labels``, as even across classes as the data allows.
+
+    Classes are visited round-robin, each in a seeded random order, so a class smaller than
+    its share is kept whole and the remainder is spread evenly over the larger ones. Returns
+    sorted positions; ``None`` or a size >= ``len(labels)`` keeps everything.
+    """
+    labels = np.asarray(labels)
+    if size is None or size >= len(labels):
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    pools = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
+    taken = np.zeros(len(pools), dtype=np.int64)
+    remaining = size
+    while remaining > 0:
+        open_pools = [i for i, pool in enumerate(pools) if taken[i] < len(pool)]
+        share, extra = divmod(remaining, len(open_pools))
+        for rank, i in enumerate(open_pools):
+            add = min(share + (rank < extra), len(pools[i]) - taken[i])
+            taken[i] += add
+            remaining -= add
+    return np.sort(np.concatenate([pool[:n] for pool, n in zip(pools, taken)]))
+
+
+def collate_train(items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Stack left-padded training items and drop the pad columns shared by the whole batch."""
+    batch = {key: torch.stack([torch.as_tensor(item[key]) for item in items])
+             for key in ("input_ids", "attention_mask", "labels", "points")}
+    used = batch["attention_mask"].any(dim=0).nonzero()
+    start = int(used[0]) if len(used) else 0
+    for key in ("input_ids", "attention_mask", "labels"):
+        batch[key] = batch[key][:, start:]
+    return batch
+
+
+def _set_epoch(dataset: Dataset, epoch: int) -> None:
+    if hasattr(dataset, "set_epoch"):
+        dataset.set_epoch(epoch)
+
+
+# ---------------------------------------------------------------------------- model helpers
+
+def resolve_mixed_precision(value: str) -> str:
+    """``auto`` → bf16 / fp16 on GPU, ``no`` on CPU; fp16 without a GPU is an error."""
+    has_gpu = torch.cuda.is_available()
+    if value == "auto":
+        if not has_gpu:
+            return "no"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if value == "fp16" and not has_gpu:
+        raise FacePhiError("mixed_precision fp16 needs a GPU; use 'no' or 'bf16' on CPU")
+    return value
+
+
+def set_train_mode(model: torch.nn.Module) -> None:
+    """Train mode, except that modules without trainable parameters run in eval mode.
+
+    Frozen parts (the encoder's BatchNorm statistics, a frozen LLM's dropout) thus stay exactly
+    as loaded.
+    """
+    model.train()
+
+    def visit(module: torch.nn.Module) -> None:
+        params = list(module.parameters())
+        if params and not any(p.requires_grad for p in params):
+            module.eval()
+            return
+        for child in module.children():
+            visit(child)
+
+    visit(model)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int):
+    from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
+
+    warmup = math.ceil(config.warmup_ratio * total_steps)
+    make = get_cosine_schedule_with_warmup if config.scheduler == "cosine" else get_linear_schedule_with_warmup
+    return make(optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+
+
+# ---------------------------------------------------------------------------- the loop
+
+def _check_run_dir(run_dir: Path, resolved: dict[str, Any], resume: bool) -> None:
+    """Refuse to overwrite a run; on resume, refuse a run with another configuration."""
+    config_path = run_dir / "config.json"
+    has_run = config_path.is_file() or ckpt.list_checkpoints(run_dir) or (run_dir / FINAL_DIR).exists()
+    if has_run and not resume:
+        raise FacePhiError(f"{run_dir} already holds a training run; pass --resume to continue it "
+                           "or choose another --out")
+    if resume and config_path.is_file():
+        saved = read_json(config_path)
+        old, new = saved.get("train", {}), resolved["train"]
+        changed = sorted(k for k in set(old) | set(new)
+                         if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))
+        changed += sorted(k for k in ("sources", "data") if saved.get(k) != resolved.get(k))
+        if changed:
+            raise FacePhiError(f"{config_path}: cannot resume, the run was started with other "
+                               f"settings ({', '.join(changed)})")
+
+
+@torch.no_grad()
+def evaluate_loss(model: torch.nn.Module, dataset: Dataset, batch_size: int, accelerator: Any,
+                  collate: Callable = collate_train) -> float:
+    """Mean loss over ``dataset`` (sharded over processes), weighted by batch size."""
+    was_training = model.training
+    model.eval()
+    positions = np.arange(accelerator.process_index, len(dataset), accelerator.num_processes)
+    total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+    for start in range(0, len(positions), batch_size):
+        batch = collate([dataset[int(i)] for i in positions[start:start + batch_size]])
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        with accelerator.autocast():
+            loss = model(**batch).loss
+        total += torch.tensor([float(loss) * len(batch["labels"]), len(batch["labels"])],
+                              dtype=torch.float64, device=accelerator.device)
+    total = accelerator.reduce(total, reduction="sum")
+    if was_training:
+        set_train_mode(model)
+    return float(total[0] / total[1]) if total[1] else float("nan")
+
+
+class _StageRun:
+    """One invocation of a training stage: setup, optional resume, the loop, checkpoints."""
+
+    def __init__(self, model: torch.nn.Module, train_set: Dataset, config: TrainConfig, run_dir: Path,
+                 valid_set: Dataset | None, sources: dict[str, Any], resume: bool,
+                 collate: Callable) -> None:
+        from accelerate import Accelerator
+
+        self.config, self.run_dir, self.collate = config, run_dir, collate
+        self.train_set, self.valid_set = train_set, valid_set
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        self.accelerator = acc = Accelerator(
+            mixed_precision=resolve_mixed_precision(config.mixed_precision),
+            gradient_accumulation_steps=config.grad_accum)
+        self.sampler = ckpt.EpochBatchSampler(len(train_set), config.batch_size, config.grad_accum,
+                                              config.seed, acc.num_processes, acc.process_index)
+        self.total_steps = config.epochs * self.sampler.steps_per_epoch
+        if config.max_steps:
+            self.total_steps = min(self.total_steps, config.max_steps)
+        self.micro_batch = self.sampler.micro_batch_size // acc.num_processes
+        resolved = {
+            "train": config.to_dict(),
+            "sources": sources,
+            "data": {"train_samples": len(train_set), "valid_samples": len(valid_set) if valid_set else 0},
+            "schedule": {"steps_per_epoch": self.sampler.steps_per_epoch, "total_steps": self.total_steps,
+                         "micro_batch_per_process": self.micro_batch, "num_processes": acc.num_processes,
+                         "mixed_precision": acc.mixed_precision},
+        }
+        _check_run_dir(run_dir, resolved, resume)
+
+        seed_everything(config.seed)
+        model.set_trainable(config.stage, lora=config.lora)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        if not self.params:
+            raise FacePhiError(f"stage {config.stage}: the model has no trainable parameters")
+        optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
+        # The scheduler is stepped by hand once per optimizer step (accelerate's wrapper would
+        # step it once per process).
+        self.scheduler = build_scheduler(optimizer, config, self.total_steps)
+        self.model, self.optimizer = acc.prepare(model, optimizer)
+        self.unwrapped = acc.unwrap_model(self.model)
+        self.scaler = getattr(acc, "scaler", None)
+
+        self.metrics: dict[str, Any] = {
+            "stage": config.stage, "total_steps": self.total_steps, "batch_size": config.batch_size,
+            "log": [], "valid_loss_start": None, "valid_loss_end": None,
+            "train_seconds": 0.0, "wall_seconds": 0.0, "samples_per_second": None}
+        self.epoch = self.step_in_epoch = self.global_step = 0
+        checkpoints = ckpt.list_checkpoints(run_dir) if resume else []
+        if resume and not checkpoints:
+            logger.info("%s: no checkpoint to resume from; starting at step 0", run_dir)
+        if checkpoints:
+            state = ckpt.read_checkpoint(checkpoints[-1], model=self.unwrapped, optimizer=self.optimizer,
+                                         scheduler=self.scheduler, scaler=self.scaler, rank=acc.process_index)
+            self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
+            self.global_step, self.metrics = state["global_step"], state["metrics"]
+            logger.info("resuming %s from %s (step %d of %d)", run_dir, checkpoints[-1].name,
+                        self.global_step, self.total_steps)
+        if acc.is_main_process:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_json(run_dir / "config.json", resolved)
+            write_json(run_dir / "run.json", run_info(config.seed, stage=config.stage,
+                                                      resumed_at_step=self.global_step))
+
+    # -- checkpoints -------------------------------------------------------------------------
+
+    def save(self, final: bool) -> None:
+        acc = self.accelerator
+        target = ckpt.checkpoint_dir(self.run_dir, self.global_step)
+        if not target.exists():
+            staging = target.parent / f".{target.name}.tmp"
+            if acc.is_main_process:
+                ckpt.staging_dir(target)
+            acc.wait_for_everyone()
+            ckpt.write_rng(staging, acc.process_index)
+            if acc.is_main_process:
+                state = {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
+                         "global_step": self.global_step, "metrics": self.metrics}
+                ckpt.write_checkpoint(staging, model=self.unwrapped, optimizer=self.optimizer,
+                                      scheduler=self.scheduler, scaler=self.scaler, state=state)
+            acc.wait_for_everyone()
+            if acc.is_main_process:
+                ckpt.commit_dir(staging, target)
+                ckpt.prune_checkpoints(self.run_dir, self.config.keep_checkpoints)
+        if acc.is_main_process:
+            write_json(self.run_dir / "metrics.json", self.metrics)
+            if final:
+                out = self.run_dir / FINAL_DIR
+                staging = ckpt.staging_dir(out)
+                self.unwrapped.save_pretrained(staging)
+                ckpt.commit_dir(staging, out)
+        acc.wait_for_everyone()
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def train_step(self, micro_batches: Any) -> torch.Tensor:
+        """One optimizer step over ``grad_accum`` micro-batches; returns the mean loss."""
+        acc, losses = self.accelerator, []
+        for _ in range(self.config.grad_accum):
+            batch = {k: v.to(acc.device) for k, v in next(micro_batches).items()}
+            with acc.accumulate(self.model):
+                loss = self.model(**batch).loss
+                acc.backward(loss)
+                losses.append(loss.detach().float())
+                if acc.sync_gradients:
+                    if self.config.max_grad_norm:
+                        acc.clip_grad_norm_(self.params, self.config.max_grad_norm)
+                    self.optimizer.step()
+                    self.scheduler.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+        if not acc.sync_gradients:  # pragma: no cover - guards the data/step alignment
+            raise RuntimeError("gradient accumulation is out of step with the data order")
+        return torch.stack(losses).mean()
+
+    def run(self, stop_after: int | None, progress: bool) -> StageResult:
+        from tqdm.auto import tqdm
+
+        acc, config, metrics = self.accelerator, self.config, self.metrics
+        invocation_start = time.perf_counter()
+        if self.valid_set is not None and metrics["valid_loss_start"] is None:
+            metrics["valid_loss_start"] = evaluate_loss(self.model, self.valid_set, self.micro_batch, acc,
+                                                        self.collate)
+        set_train_mode(self.model)
+        bar = tqdm(total=self.total_steps, initial=self.global_step, desc=f"stage {config.stage}",
+                   disable=not (progress and acc.is_local_main_process), dynamic_ncols=True)
+        steps_here, window = 0, []
+
+        def keep_going() -> bool:
+            return self.global_step < self.total_steps and not (stop_after and steps_here >= stop_after)
+
+        while keep_going():
+            if self.step_in_epoch >= self.sampler.steps_per_epoch:
+                self.epoch, self.step_in_epoch = self.epoch + 1, 0
+            _set_epoch(self.train_set, self.epoch)
+            self.sampler.set_position(self.epoch, self.step_in_epoch)
+            micro_batches = iter(DataLoader(self.train_set, batch_sampler=self.sampler,
+                                            collate_fn=self.collate))
+            while self.step_in_epoch < self.sampler.steps_per_epoch and keep_going():
+                tic = time.perf_counter()
+                window.append(self.train_step(micro_batches))
+                metrics["train_seconds"] += time.perf_counter() - tic
+                self.step_in_epoch, self.global_step = self.step_in_epoch + 1, self.global_step + 1
+                steps_here += 1
+                bar.update(1)
+                if self.global_step % config.log_every == 0 or self.global_step == self.total_steps:
+                    loss = float(acc.reduce(torch.stack(window).mean(), reduction="mean"))
+                    window = []
+                    metrics["log"].append({"step": self.global_step, "epoch": self.epoch, "loss": loss,
+                                           "lr": self.scheduler.get_last_lr()[0],
+                                           "train_seconds": round(metrics["train_seconds"], 3)})
+                    bar.set_postfix(loss=f"{loss:.4f}")
+                periodic = config.save_every and self.global_step % config.save_every == 0
+                if periodic and self.global_step < self.total_steps:
+                    self._account(invocation_start)
+                    invocation_start = time.perf_counter()
+                    self.save(final=False)
+        bar.close()
+        finished = self.global_step >= self.total_steps
+        if finished and self.valid_set is not None and metrics["valid_loss_end"] is None:
+            metrics["valid_loss_end"] = evaluate_loss(self.model, self.valid_set, self.micro_batch, acc,
+                                                      self.collate)
+        self._account(invocation_start)
+        if not (finished and (self.run_dir / FINAL_DIR).is_dir()):
+            self.save(final=finished)
+        self.unwrapped.eval()
+        return StageResult(self.run_dir, self.global_step, self.total_steps, finished, metrics)
+
+    def _account(self, since: float) -> None:
+        """Add this invocation's elapsed time to the metrics and update the throughput."""
+        metrics = self.metrics
+        metrics["wall_seconds"] += time.perf_counter() - since
+        metrics["samples_seen"] = self.global_step * self.config.batch_size
+        if metrics["train_seconds"] > 0:
+            metrics["samples_per_second"] = metrics["samples_seen"] / metrics["train_seconds"]
+
+
+def train_stage(
+    model: torch.nn.Module,
+    train_set: Dataset,
+    config: TrainConfig,
+    run_dir: str | Path,
+    *,
+    valid_set: Dataset | None = None,
+    sources: dict[str, Any] | None = None,
+    resume: bool = False,
+    stop_after: int | None = None,
+    collate: Callable = collate_train,
+    progress: bool = True,
+) -> StageResult:
+    """Train ``model`` (a ``FacePhiModel``) for stage ``config.stage`` into ``run_dir``.
+
+    ``train_set`` / ``valid_set`` yield instruction items (``input_ids``, ``attention_mask``,
+    ``labels``, ``points``); ``sources`` (paths of the encoder, initial model, LLM, data) are
+    recorded in ``config.json`` and must match on resume. ``resume=True`` continues from the
+    latest checkpoint (or starts afresh when there is none). ``stop_after`` ends this invocation
+    after that many optimizer steps with a checkpoint, keeping the full run's schedule.
+    """
+    run = _StageRun(model, train_set, config, Path(run_dir), valid_set, sources or {}, resume, collate)
+    return run.run(stop_after, progress)

@@ -1,0 +1,120 @@
+"""Two-stage LLM training: what each stage trains, the run directory, presets, data order."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from facephi.train.checkpoint import EpochBatchSampler
+from facephi.train.presets import TrainConfig, preset
+from facephi.train.stages import balanced_subset, collate_train, train_stage
+from facephi.utils.errors import FacePhiError
+from train_fixtures import make_model, make_dataset, tiny_config
+
+
+def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_stage1_trains_only_the_projector(tmp_path):
+    model, formatter = make_model()
+    llm, encoder, projector = _state(model.llm), _state(model.encoder), _state(model.projector)
+    result = train_stage(model, make_dataset(formatter), tiny_config(1, max_steps=3), tmp_path / "run",
+                         valid_set=make_dataset(formatter, n=8, seed=1), progress=False)
+    assert result.finished and result.global_step == 3
+    assert _same(llm, _state(model.llm))
+    assert _same(encoder, _state(model.encoder))  # BatchNorm statistics included
+    assert not _same(projector, _state(model.projector))
+
+    run = tmp_path / "run"
+    for name in ("config.json", "run.json", "metrics.json", "final"):
+        assert (run / name).exists(), name
+    config = json.loads((run / "config.json").read_text())
+    assert config["train"]["stage"] == 1 and config["schedule"]["total_steps"] == 3
+    assert json.loads((run / "run.json").read_text())["seed"] == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert [row["step"] for row in metrics["log"]] == [1, 2, 3]
+    assert all(np.isfinite(row["loss"]) for row in metrics["log"])
+    assert np.isfinite(metrics["valid_loss_start"]) and np.isfinite(metrics["valid_loss_end"])
+    assert metrics["samples_seen"] == 3 * 4 and metrics["samples_per_second"] > 0
+    assert len(list((run / "checkpoints").iterdir())) == 1  # keep_checkpoints=1
+
+
+def test_stage2_trains_the_llm(tmp_path):
+    model, formatter = make_model()
+    llm = _state(model.llm)
+    train_stage(model, make_dataset(formatter), tiny_config(2, max_steps=2, lr=1e-3), tmp_path / "run",
+                progress=False)
+    changed = [k for k, v in _state(model.llm).items() if not torch.equal(v, llm[k])]
+    assert changed and any("layers" in k for k in changed)
+
+
+def test_existing_run_needs_resume(tmp_path):
+    model, formatter = make_model()
+    data = make_dataset(formatter)
+    train_stage(model, data, tiny_config(1, max_steps=1), tmp_path / "run", progress=False)
+    with pytest.raises(FacePhiError, match="already holds a training run"):
+        train_stage(model, data, tiny_config(1, max_steps=1), tmp_path / "run", progress=False)
+    with pytest.raises(FacePhiError, match="cannot resume.*lr"):
+        train_stage(model, data, tiny_config(1, max_steps=1, lr=0.5), tmp_path / "run", resume=True,
+                    progress=False)
+
+
+def test_sampler_order_is_independent_of_processes_and_resumable():
+    single = EpochBatchSampler(40, batch_size=8, grad_accum=2, seed=3)
+    single.set_position(epoch=1, step=0)
+    full = list(single)
+    assert len(full) == 10 and all(len(b) == 4 for b in full)
+    assert sorted(sum(full, [])) == list(range(40))  # a permutation, nothing repeated
+    single.set_position(epoch=1, step=2)
+    assert list(single) == full[4:]  # resuming skips exactly the consumed micro-batches
+    shards = [EpochBatchSampler(40, 8, 2, 3, num_processes=2, process_index=r) for r in (0, 1)]
+    for shard in shards:
+        shard.set_position(1, 0)
+    merged = [a + b for a, b in zip(*(list(s) for s in shards))]
+    assert merged == full
+    other_epoch = EpochBatchSampler(40, 8, 2, 3)
+    assert list(other_epoch) != full
+    with pytest.raises(FacePhiError, match="not divisible"):
+        EpochBatchSampler(40, batch_size=6, grad_accum=4)
+
+
+def test_balanced_subset_keeps_rare_classes():
+    labels = np.array([0] * 50 + [1] * 30 + [2] * 3)
+    picked = balanced_subset(labels, 21, seed=0)
+    counts = np.bincount(labels[picked], minlength=3)
+    assert counts.tolist() == [9, 9, 3] and len(set(picked.tolist())) == 21
+    assert np.array_equal(picked, balanced_subset(labels, 21, seed=0))
+    assert len(balanced_subset(labels, None, seed=0)) == len(labels)
+
+
+def test_collate_drops_shared_left_padding():
+    items = [{"input_ids": torch.tensor([0, 0, 5, 6]), "attention_mask": torch.tensor([0, 0, 1, 1]),
+              "labels": torch.tensor([-100, -100, -100, 6]), "points": torch.zeros(2, 3)},
+             {"input_ids": torch.tensor([0, 4, 5, 6]), "attention_mask": torch.tensor([0, 1, 1, 1]),
+              "labels": torch.tensor([-100, -100, -100, 6]), "points": torch.zeros(2, 3)}]
+    batch = collate_train(items)
+    assert batch["input_ids"].tolist() == [[0, 5, 6], [4, 5, 6]]
+    assert batch["attention_mask"].tolist() == [[0, 1, 1], [1, 1, 1]]
+
+
+def test_presets_and_overrides():
+    assert (preset("paper", 1).batch_size, preset("paper", 1).lr, preset("paper", 1).epochs) == (48, 2.5e-3, 3)
+    assert (preset("paper", 2).batch_size, preset("paper", 2).lr) == (32, 2.5e-5)
+    cpu = preset("cpu", 2)
+    assert cpu.limit_train and cpu.epochs == 1 and cpu.lr == 2.5e-5
+    assert cpu.override(lr=1e-4, epochs=None).lr == 1e-4 and cpu.override(epochs=None).epochs == 1
+    assert TrainConfig.from_dict(cpu.to_dict()) == cpu
+    with pytest.raises(FacePhiError, match="unknown preset"):
+        preset("gpu", 1)
+    with pytest.raises(FacePhiError, match="LoRA"):
+        TrainConfig(stage=1, lora=True)
+    with pytest.raises(FacePhiError, match="not divisible"):
+        TrainConfig(batch_size=10, grad_accum=3)
