@@ -1,0 +1,124 @@
+"""MediaPipe FaceMesh wrapper: 478 refined landmarks, padding retry, largest face, face count."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+NUM_LANDMARKS = 478
+"""Points per face with ``refine_landmarks=True`` (468 mesh points + 10 iris points)."""
+
+
+@dataclass(frozen=True)
+class MeshResult:
+    """Landmarks of the largest face in an image, or ``points=None`` when no face was found.
+
+    ``points`` is float32 ``[478, 3]`` in MediaPipe's convention for the *original* image: x and y as
+    fractions of its width and height, z on roughly the scale of x (a fraction of the width).
+    """
+
+    points: np.ndarray | None
+    faces: int
+    padded: bool  # found only on the retry with a black border
+
+
+class FaceMesher:
+    """One MediaPipe FaceMesh (``static_image_mode=True, refine_landmarks=True``) reused across images.
+
+    Args:
+        max_faces: faces MediaPipe may return; the largest is kept and the count reported.
+        padding: on a miss, retry once with a black border of this fraction of the width / height
+            on each side, then map the points back to the original frame.
+        min_detection_confidence: MediaPipe's face detector threshold.
+    """
+
+    def __init__(self, max_faces: int = 4, padding: float = 0.25, min_detection_confidence: float = 0.5):
+        os.environ.setdefault("GLOG_minloglevel", "2")
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        with quiet_stderr():  # MediaPipe/TFLite print start-up banners from C++ on the first call
+            import mediapipe as mp
+
+            self.padding = padding
+            self._mesh = mp.solutions.face_mesh.FaceMesh(
+                static_image_mode=True,
+                refine_landmarks=True,
+                max_num_faces=max_faces,
+                min_detection_confidence=min_detection_confidence,
+            )
+            self._mesh.process(np.zeros((64, 64, 3), dtype=np.uint8))
+
+    def process(self, rgb: np.ndarray) -> list[np.ndarray]:
+        """The bare model call: every face in a uint8 RGB image as float32 ``[478, 3]`` arrays."""
+        result = self._mesh.process(np.ascontiguousarray(rgb))
+        faces = result.multi_face_landmarks or []
+        return [
+            np.array([(p.x, p.y, p.z) for p in face.landmark], dtype=np.float32) for face in faces
+        ]
+
+    def __call__(self, rgb: np.ndarray) -> MeshResult:
+        """Landmarks of the largest face, retrying once with a black border when none is found."""
+        faces = self.process(rgb)
+        padded = False
+        if not faces and self.padding > 0:
+            faces = self._process_padded(rgb)
+            padded = bool(faces)
+        if not faces:
+            return MeshResult(points=None, faces=0, padded=False)
+        h, w = rgb.shape[:2]
+        largest = max(faces, key=lambda pts: _box_area(pts, w, h))
+        return MeshResult(points=largest, faces=len(faces), padded=padded)
+
+    def _process_padded(self, rgb: np.ndarray) -> list[np.ndarray]:
+        h, w = rgb.shape[:2]
+        pad_x, pad_y = round(self.padding * w), round(self.padding * h)
+        framed = np.zeros((h + 2 * pad_y, w + 2 * pad_x, 3), dtype=np.uint8)
+        framed[pad_y : pad_y + h, pad_x : pad_x + w] = rgb
+        return [_unpad(pts, w, h, pad_x, pad_y) for pts in self.process(framed)]
+
+    def close(self) -> None:
+        self._mesh.close()
+
+    def __enter__(self) -> "FaceMesher":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _unpad(points: np.ndarray, w: int, h: int, pad_x: int, pad_y: int) -> np.ndarray:
+    """Map landmarks found in the padded frame back to fractions of the original ``w × h`` image."""
+    framed_w, framed_h = w + 2 * pad_x, h + 2 * pad_y
+    out = points.copy()
+    out[:, 0] = (points[:, 0] * framed_w - pad_x) / w
+    out[:, 1] = (points[:, 1] * framed_h - pad_y) / h
+    out[:, 2] = points[:, 2] * framed_w / w
+    return out
+
+
+def _box_area(points: np.ndarray, w: int, h: int) -> float:
+    span = points[:, :2].max(axis=0) - points[:, :2].min(axis=0)
+    return float(span[0] * w * span[1] * h)
+
+
+@contextlib.contextmanager
+def quiet_stderr() -> Iterator[None]:
+    """Silence file descriptor 2 (C++ logging bypasses ``sys.stderr``) for the duration of the block."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # pytest capture or an unusual stream
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), fd)
+        try:
+            yield
+        finally:
+            os.dup2(saved, fd)
+            os.close(saved)
