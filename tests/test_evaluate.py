@@ -89,7 +89,7 @@ def test_scores_and_files(formatter, tmp_path):
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["accuracy"] == pytest.approx(0.3) and saved["settings"]["batch_size"] == 4
     assert (tmp_path / "confusion.png").read_bytes()[:4] == b"\x89PNG"
-    assert "| Accuracy (strict: first class named) | 30.0 % |" in (tmp_path / "report.md").read_text()
+    assert "| Accuracy | 30.0 % |" in (tmp_path / "report.md").read_text()
     assert not (tmp_path / "predictions.partial.jsonl").exists()
     loaded = EvalResult.load(tmp_path)
     assert loaded.metrics == m and loaded.records == result.records
@@ -159,3 +159,38 @@ def test_bad_settings_are_reported(formatter):
         evaluate_model(ScriptedModel(formatter.landmark_id), formatter, PointsDataset(), instruction_policy="x")
     with pytest.raises(FacePhiError, match="batch size"):
         evaluate_model(ScriptedModel(formatter.landmark_id), formatter, PointsDataset(), batch_size=0, progress=False)
+
+
+def write_landmark_folder(root, n: int = 12):
+    """A minimal `facephi extract` output: landmarks.npy + samples.csv, train/test splits."""
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    np.save(root / "landmarks.npy", rng.uniform(0.2, 0.8, (n, 478, 3)).astype(np.float32))
+    rows = ["index,path,label,split,width,height"]
+    for i in range(n):
+        label = "" if i == n - 1 else CLASSES[i % len(CLASSES)]
+        rows.append(f"{i},img_{i}.jpg,{label},{'test' if i % 2 else 'train'},64,48")
+    (root / "samples.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_eval_cli_with_an_encoder_checkpoint(tmp_path, capsys):
+    from facephi.cli import main
+    from test_predict import tiny_encoder
+
+    data = write_landmark_folder(tmp_path / "data")
+    encoder = tiny_encoder(tmp_path / "encoder")
+    code = main(["eval", "--model", str(encoder), "--data", str(data), "--out", str(tmp_path / "out"),
+                 "--threads", "1", "--device", "cpu", "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 0 and "Balanced accuracy (macro recall)" in out
+    saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert saved["n"] == 5  # 6 test samples, the unlabelled one left out
+    assert saved["settings"]["kind"] == "encoder" and saved["accuracy_contains"] is None
+    lines = (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()
+    assert [json.loads(s)["index"] for s in lines] == [1, 3, 5, 7, 9]
+
+    assert main(["eval", "--model", str(encoder), "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "landmarks.npy: missing" in capsys.readouterr().err
+    assert main(["eval", "--model", str(encoder), "--data", str(data), "--out", str(tmp_path / "o"),
+                 "--split", "valid"]) == 2  # carved from 6 train samples: too few per class

@@ -12,8 +12,8 @@ from facephi.labels import display_name
 from facephi.utils.io import atomic_path
 
 _SUMMARY_ROWS: tuple[tuple[str, str], ...] = (
-    ("accuracy", "Accuracy (strict: first class named)"),
-    ("accuracy_contains", "Accuracy (lenient: true class named anywhere)"),
+    ("accuracy", "Accuracy"),
+    ("accuracy_contains", "Accuracy, lenient (true class named anywhere)"),
     ("balanced_accuracy", "Balanced accuracy (macro recall)"),
     ("macro_f1", "Macro-F1"),
     ("miss_rate", "No class keyword (miss rate)"),
@@ -26,11 +26,13 @@ def _percent(value: float | None) -> str:
 
 
 def summary_lines(metrics: ClassificationMetrics) -> list[tuple[str, str]]:
-    """(label, formatted value) pairs of the headline numbers; rows that do not apply are dropped."""
+    """(label, formatted value) pairs of the headline numbers; rows that do not apply are dropped
+    (None values; the miss rate of a classifier, which has no keyword matching)."""
+    classifier = metrics.ambiguous_rate is None and metrics.miss_rate == 0
     lines = [("Samples", str(metrics.n))]
     for key, label in _SUMMARY_ROWS:
         value = getattr(metrics, key)
-        if value is not None:
+        if value is not None and not (classifier and key == "miss_rate"):
             lines.append((label, _percent(value)))
     return lines
 

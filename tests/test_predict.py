@@ -1,0 +1,156 @@
+"""`facephi predict`: inputs of every kind, per-input errors, checkpoint dispatch, exit status."""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from facephi.cli import main
+from facephi.labels import CLASSES
+from facephi.landmarks.normalize import Normalizer
+from facephi.model.encoder import LandmarkEncoder, LandmarkEncoderConfig
+from facephi.model.pointmlp import PointMLPConfig
+from facephi.serve.predict import ENCODER, FACEPHI, LandmarkInput, Predictor, checkpoint_type, read_inputs
+from facephi.utils.errors import FacePhiError
+
+EXAMPLE_FACE = Path(__file__).resolve().parents[1] / "examples" / "images" / "happiness_1.jpg"
+
+
+def raw_face(seed: int = 0) -> np.ndarray:
+    """Random points shaped like raw MediaPipe output (fractions of the image)."""
+    return np.random.default_rng(seed).uniform(0.2, 0.8, (478, 3)).astype(np.float32)
+
+
+def tiny_encoder(directory: Path) -> Path:
+    """A tiny classify-objective LandmarkEncoder checkpoint (random weights, no alignment)."""
+    backbone = PointMLPConfig(embed_dim=8, dim_expansion=[2], pre_blocks=[1], pos_blocks=[1], k_neighbors=[4],
+                              reducers=[4], feature_dim=16, head_hidden_dim=16)
+    config = LandmarkEncoderConfig(backbone=dataclasses.asdict(backbone), objective="classify",
+                                   normalizer=Normalizer(align=False).to_dict())
+    torch.manual_seed(0)
+    return LandmarkEncoder(config).save_pretrained(directory)
+
+
+@pytest.fixture(scope="module")
+def encoder_dir(tmp_path_factory):
+    return tiny_encoder(tmp_path_factory.mktemp("encoder"))
+
+
+def test_npy_inputs_and_their_errors(tmp_path):
+    np.save(tmp_path / "one.npy", raw_face())
+    np.save(tmp_path / "two.npy", np.stack([raw_face(1), raw_face(2)]))
+    np.save(tmp_path / "shape.npy", np.zeros((468, 3), np.float32))
+    np.save(tmp_path / "text.npy", np.array(["a", "b"]))
+    bad = raw_face()
+    bad[3, 1] = np.nan
+    np.save(tmp_path / "nan.npy", bad)
+    (tmp_path / "broken.npy").write_bytes(b"not numpy")
+    names = ["one", "two", "shape", "text", "nan", "broken", "absent"]
+    inputs = read_inputs([tmp_path / f"{n}.npy" for n in names], image_size=(640, 480))
+    assert [Path(i.source.split("[")[0]).stem for i in inputs] == ["one", "two", "two", *names[2:]]
+    assert inputs[0].error is None and inputs[0].raw.shape == (478, 3) and inputs[0].size == (640.0, 480.0)
+    assert inputs[1].source.endswith("two.npy[0]") and inputs[2].source.endswith("two.npy[1]")
+    errors = [i.error for i in inputs[3:]]
+    assert "wrong array shape [468, 3]" in errors[0]
+    assert "numeric" in errors[1]
+    assert "NaN" in errors[2]
+    assert "unreadable .npy" in errors[3]
+    assert errors[4] == "no such file or folder"
+
+
+def test_images_non_images_and_dataset_folders(tmp_path):
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), (200, 180, 160)).save(tmp_path / "blank.png")
+    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "empty_dataset").mkdir()
+    inputs = read_inputs([EXAMPLE_FACE, tmp_path / "blank.png", tmp_path / "notes.txt", tmp_path / "empty_dataset"])
+    face, blank, text, folder = inputs
+    assert face.error is None and face.raw.shape == (478, 3) and face.size[0] > 8
+    assert blank.error.startswith("no face found")
+    assert "not an image" in text.error
+    assert "landmarks.npy: missing" in folder.error
+
+    from test_evaluate import write_landmark_folder
+
+    dataset = read_inputs([write_landmark_folder(tmp_path / "data", n=3)])
+    assert [i.source.split(":")[-1] for i in dataset] == ["img_0.jpg", "img_1.jpg", "img_2.jpg"]
+    assert dataset[0].label == "neutral" and dataset[2].label is None and dataset[1].size == (64.0, 48.0)
+
+
+def test_encoder_checkpoint_predicts_classes(encoder_dir, tmp_path):
+    assert checkpoint_type(encoder_dir) == ENCODER
+    predictor = Predictor.from_pretrained(encoder_dir, batch_size=2)
+    inputs = [LandmarkInput(f"face{i}", raw_face(i)) for i in range(3)] + [LandmarkInput("bad", error="boom")]
+    results = predictor.predict_inputs(inputs)
+    assert [r.ok for r in results] == [True, True, True, False] and results[3].error == "boom"
+    for result in results[:3]:
+        assert result.answer is None and set(result.probabilities) == set(CLASSES)
+        assert sum(result.probabilities.values()) == pytest.approx(1, abs=1e-3)
+        assert result.predicted == max(result.probabilities, key=result.probabilities.get)
+    # the batch split does not change the result
+    alone = Predictor.from_pretrained(encoder_dir, batch_size=1).predict_inputs(inputs[:3])
+    assert [r.probabilities for r in alone] == [r.probabilities for r in results[:3]]
+
+
+class AnsweringModel(torch.nn.Module):
+    """FacePhiModel stand-in: answers "Anger", "I don't know", ... in turn."""
+
+    def __init__(self, encoder):
+        super().__init__()
+        self.encoder = encoder
+
+    def generate(self, input_ids, attention_mask, points, max_new_tokens):
+        assert input_ids.shape[0] == len(points) and attention_mask[:, -1].all()
+        return ["It shows anger.", "I don't know."][: len(points)]
+
+
+class FixedPromptFormatter:
+    def encode_prompt(self, instruction):
+        return [1, 2, 3, len(instruction)]
+
+    def pad_prompts(self, prompts):
+        ids = torch.tensor(prompts)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def test_facephi_answers_are_keyword_matched(encoder_dir):
+    model = AnsweringModel(LandmarkEncoder.from_pretrained(encoder_dir))
+    predictor = Predictor(model, FACEPHI, FixedPromptFormatter(), instruction="Which emotion?")
+    anger, unknown = predictor.predict_inputs([LandmarkInput("a", raw_face(0)), LandmarkInput("b", raw_face(1))])
+    assert anger.answer == "It shows anger." and anger.predicted == "anger" and anger.probabilities
+    assert unknown.predicted is None and unknown.ok
+
+
+def test_checkpoint_type_errors(tmp_path):
+    with pytest.raises(FacePhiError, match="config.json: missing"):
+        checkpoint_type(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"config_type": "something-else"}))
+    with pytest.raises(FacePhiError, match="'something-else' is neither"):
+        checkpoint_type(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(FacePhiError, match="invalid JSON"):
+        checkpoint_type(tmp_path)
+
+
+def test_cli_reports_bad_inputs_and_exit_status(encoder_dir, tmp_path, capsys):
+    np.save(tmp_path / "good.npy", raw_face())
+    np.save(tmp_path / "bad.npy", np.zeros((3, 3), np.float32))
+    code = main(["predict", "--model", str(encoder_dir), "--json", "--threads", "1", "--device", "cpu",
+                 str(tmp_path / "good.npy"), str(tmp_path / "bad.npy")])
+    out, err = capsys.readouterr()
+    assert code == 0
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert rows[0]["predicted"] in CLASSES and "error" in rows[1]
+    assert "bad.npy: wrong array shape [3, 3]" in err and "1 of 2 inputs failed" in err
+
+    assert main(["predict", "--model", str(encoder_dir), str(tmp_path / "bad.npy")]) == 1
+    assert main(["predict", "--model", str(tmp_path), str(tmp_path / "good.npy")]) == 2
+    assert "config.json: missing" in capsys.readouterr().err
+
+    assert main(["predict", "--model", str(encoder_dir), "--device", "cpu", str(tmp_path / "good.npy")]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith(str(tmp_path / "good.npy")) and "class:" in text and "encoder:" in text
