@@ -194,3 +194,46 @@ def test_eval_cli_with_an_encoder_checkpoint(tmp_path, capsys):
     assert "landmarks.npy: missing" in capsys.readouterr().err
     assert main(["eval", "--model", str(encoder), "--data", str(data), "--out", str(tmp_path / "o"),
                  "--split", "valid"]) == 2  # carved from 6 train samples: too few per class
+
+
+def tiny_facephi(directory, save: bool = True):
+    """A FacePhiModel of a tiny Llama and the tiny LandmarkEncoder of test_predict; saved to
+    ``directory`` (returned) or, with ``save=False``, returned in memory."""
+    from facephi.model.encoder import LandmarkEncoder
+    from facephi.model.facephi import FacePhiConfig, FacePhiModel
+    from facephi.model.projector import ProjectorConfig
+    from test_predict import tiny_encoder
+    from tiny_models import tiny_llm
+
+    encoder = LandmarkEncoder.from_pretrained(tiny_encoder(directory.parent / f"{directory.name}-encoder"))
+    tokenizer = tiny_tokenizer("smollm")
+    config = FacePhiConfig(llm="tiny-llama", max_length=96, projector=ProjectorConfig(input_dim=encoder.feature_dim))
+    model = FacePhiModel(config, encoder, tiny_llm("llama", tokenizer), tokenizer)
+    if not save:
+        return model
+    model.save_pretrained(directory, save_llm=True)
+    return directory
+
+
+def test_real_tiny_facephi_model_end_to_end(tmp_path):
+    from facephi.landmarks.store import LandmarkSet
+    data = write_landmark_folder(tmp_path / "data")
+    model = tiny_facephi(tmp_path / "memory", save=False)
+    result = evaluate_model(model, model.formatter, LandmarkSet.load(data), "test", batch_size=2,
+                            max_new_tokens=4, progress=False)
+    assert [r["index"] for r in result.records] == [1, 3, 5, 7, 9]
+    assert all(isinstance(r["answer"], str) for r in result.records)
+    assert result.metrics.n == 5 and 0 <= result.metrics.accuracy <= result.metrics.accuracy_contains
+
+
+def test_eval_cli_with_a_facephi_checkpoint(tmp_path, capsys):
+    from facephi.cli import main
+
+    data = write_landmark_folder(tmp_path / "data")
+    checkpoint = tiny_facephi(tmp_path / "facephi")
+
+    code = main(["eval", "--model", str(checkpoint), "--data", str(data), "--out", str(tmp_path / "out"),
+                 "--batch-size", "4", "--max-new-tokens", "4", "--limit", "3", "--no-progress", "--device", "cpu"])
+    assert code == 0 and "Accuracy, lenient" in capsys.readouterr().out
+    saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert saved["n"] == 3 and saved["settings"]["kind"] == "facephi" and saved["settings"]["limit"] == 3

@@ -154,3 +154,16 @@ def test_cli_reports_bad_inputs_and_exit_status(encoder_dir, tmp_path, capsys):
     assert main(["predict", "--model", str(encoder_dir), "--device", "cpu", str(tmp_path / "good.npy")]) == 0
     text = capsys.readouterr().out
     assert text.startswith(str(tmp_path / "good.npy")) and "class:" in text and "encoder:" in text
+
+
+def test_cli_with_a_facephi_checkpoint(tmp_path, capsys):
+    from test_evaluate import tiny_facephi
+
+    checkpoint = tiny_facephi(tmp_path / "facephi")
+    assert checkpoint_type(checkpoint) == FACEPHI
+    np.save(tmp_path / "faces.npy", np.stack([raw_face(0), raw_face(1)]))
+    code = main(["predict", "--model", str(checkpoint), "--json", "--max-new-tokens", "3", "--device", "cpu",
+                 "--instruction", "Which emotion is this?", str(tmp_path / "faces.npy")])
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert code == 0 and len(rows) == 2
+    assert all(isinstance(r["answer"], str) and set(r["probabilities"]) == set(CLASSES) for r in rows)

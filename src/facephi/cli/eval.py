@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         from facephi.model.facephi import FacePhiModel
 
         model = FacePhiModel.from_pretrained(args.model).to(device)
-        result = evaluate_model(model, model.prompt_formatter(), data, args.split, batch_size=args.batch_size,
+        result = evaluate_model(model, model.formatter, data, args.split, batch_size=args.batch_size,
                                 max_new_tokens=args.max_new_tokens, instruction_policy=args.instructions,
                                 instruction=args.instruction, **common)
     width = max(len(label) for label, _ in summary_lines(result.metrics))

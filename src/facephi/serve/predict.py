@@ -155,7 +155,11 @@ def read_inputs(paths: Iterable[str | Path], image_size: tuple[float, float] | N
 
 # ------------------------------------------------------------------------------ checkpoints
 def checkpoint_type(path: str | Path) -> str:
-    """``"facephi"`` or ``"encoder"``, from the ``config_type`` (or ``model_type``) of ``config.json``."""
+    """``"facephi"`` or ``"encoder"``, from the ``config_type`` (or ``model_type``) of ``config.json``.
+
+    A config without either field is a FacePhi model when it has the ``FacePhiConfig`` fields
+    ``llm`` and ``projector`` (FacePhi configs carry no type field yet).
+    """
     from facephi.model.encoder import CONFIG_TYPE as ENCODER_TYPE
 
     config_path = Path(path) / "config.json"
@@ -165,14 +169,14 @@ def checkpoint_type(path: str | Path) -> str:
         config = read_json(config_path)
     except ValueError as exc:
         raise FacePhiError(str(exc)) from None
-    kind = (config.get("config_type") or config.get("model_type")) if isinstance(config, dict) else None
+    if not isinstance(config, dict):
+        raise FacePhiError(f"{config_path}: expected a JSON object")
+    kind = config.get("config_type") or config.get("model_type")
     if kind == ENCODER_TYPE:
         return ENCODER
-    from facephi.model import facephi as facephi_model
-
-    if kind == getattr(facephi_model, "CONFIG_TYPE", "facephi"):
+    if kind == FACEPHI or (kind is None and {"llm", "projector"} <= set(config)):
         return FACEPHI
-    raise FacePhiError(f"{config_path}: config_type {kind!r} is neither a FacePhi model "
+    raise FacePhiError(f"{config_path}: config_type {kind!r} is neither a FacePhi model ({FACEPHI!r}) "
                        f"nor a landmark encoder ({ENCODER_TYPE!r})")
 
 
@@ -213,7 +217,7 @@ class Predictor:
         from facephi.model.facephi import FacePhiModel
 
         model = FacePhiModel.from_pretrained(path)
-        return cls(model, FACEPHI, model.prompt_formatter(), **kwargs)
+        return cls(model, FACEPHI, model.formatter, **kwargs)
 
     def predict(self, paths: Sequence[str | Path], image_size: tuple[float, float] | None = None) -> list[Prediction]:
         """Predictions for image files, ``.npy`` landmark files and extracted dataset folders."""
