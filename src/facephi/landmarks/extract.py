@@ -95,6 +95,13 @@ def _init_worker(settings: _MeshSettings) -> None:
     _MESHER = FaceMesher(max_faces=settings.max_faces, padding=settings.padding)
 
 
+def _close_worker() -> None:
+    global _MESHER
+    if _MESHER is not None:
+        _MESHER.close()
+        _MESHER = None
+
+
 def extract_one(
     mesher: FaceMesher, path: Path, box: tuple[float, float, float, float] | None, settings: _MeshSettings
 ) -> tuple[np.ndarray | None, dict[str, Any]]:
@@ -208,7 +215,10 @@ def _open_partial(partial: Path, config: ExtractConfig, reader: str, records: li
         "fingerprint": fingerprint,
         "run": run_info(source=str(Path(config.source).resolve())),
     }
-    write_json(job_file, job)
+    try:
+        write_json(job_file, job)
+    except OSError as exc:
+        raise FacePhiError(f"{config.out}: cannot write the output folder ({exc.strerror or exc})") from None
     return job
 
 
@@ -221,8 +231,11 @@ def _run_tasks(tasks: list, settings: _MeshSettings, workers: int | None, total:
     try:
         if workers == 1:
             _init_worker(settings)
-            for task in tasks:
-                bar.update(_process_chunk(task)[1])
+            try:
+                for task in tasks:
+                    bar.update(_process_chunk(task)[1])
+            finally:
+                _close_worker()
         elif workers > 1:
             ctx = multiprocessing.get_context("spawn")  # no fork after MediaPipe threads exist
             with ctx.Pool(workers, initializer=_init_worker, initargs=(settings,)) as pool:

@@ -83,15 +83,18 @@ def read_source(source: str | Path, fmt: str = "auto", keep_ambiguous: bool = Fa
         raise FacePhiError(f"{source}: source does not exist")
     if not source.is_dir():
         raise FacePhiError(f"{source}: source is not a directory")
-    if fmt == "auto":
-        fmt = detect_format(source)
-    if fmt == "ferplus":
-        return read_ferplus(source, keep_ambiguous=keep_ambiguous)
-    if fmt == "affectnet":
-        return read_affectnet(source)
-    if fmt == "folder":
+    if fmt not in ("auto", *FORMATS):
+        raise FacePhiError(f"unknown format {fmt!r}; choose one of auto, {', '.join(FORMATS)}")
+    try:
+        if fmt == "auto":
+            fmt = detect_format(source)
+        if fmt == "ferplus":
+            return read_ferplus(source, keep_ambiguous=keep_ambiguous)
+        if fmt == "affectnet":
+            return read_affectnet(source)
         return read_folder(source)
-    raise FacePhiError(f"unknown format {fmt!r}; choose one of auto, {', '.join(FORMATS)}")
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise FacePhiError(f"{source}: cannot read the dataset ({exc})") from None
 
 
 def ferplus_label(votes: dict[str, int]) -> str:
