@@ -12,8 +12,8 @@ from train_fixtures import make_dataset, make_model, tiny_config
 
 
 def _train(run_dir, **kwargs):
-    model, formatter = make_model(seed=0)
-    result = train_stage(model, make_dataset(formatter), tiny_config(2, lr=1e-3, save_every=3), run_dir,
+    model = make_model(seed=0)
+    result = train_stage(model, make_dataset(model), tiny_config(2, lr=1e-3, save_every=3), run_dir,
                          progress=False, **kwargs)
     return model, result
 
@@ -37,12 +37,12 @@ def test_resume_equals_uninterrupted_run(tmp_path):
     ref_log = json.loads((tmp_path / "straight" / "metrics.json").read_text())["log"]
     new_log = json.loads((tmp_path / "resumed" / "metrics.json").read_text())["log"]
     assert [(r["step"], r["loss"], r["lr"]) for r in ref_log] == [(r["step"], r["loss"], r["lr"]) for r in new_log]
-    assert (tmp_path / "resumed" / "final" / "model.safetensors").is_file()
+    assert (tmp_path / "resumed" / "final" / "config.json").is_file()
 
 
 def test_resume_of_a_finished_run_is_a_no_op(tmp_path):
     _train(tmp_path / "run")
-    final = tmp_path / "run" / "final" / "model.safetensors"
+    final = tmp_path / "run" / "final" / "config.json"
     stamp = final.stat().st_mtime_ns
     _, again = _train(tmp_path / "run", resume=True)
     assert again.finished and again.global_step == 8

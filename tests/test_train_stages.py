@@ -12,7 +12,7 @@ from facephi.train.checkpoint import EpochBatchSampler
 from facephi.train.presets import TrainConfig, preset
 from facephi.train.stages import balanced_subset, collate_train, train_stage
 from facephi.utils.errors import FacePhiError
-from train_fixtures import make_model, make_dataset, tiny_config
+from train_fixtures import make_dataset, make_model, tiny_config, write_encoder, write_landmark_set, write_llm
 
 
 def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -24,10 +24,10 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 
 def test_stage1_trains_only_the_projector(tmp_path):
-    model, formatter = make_model()
+    model = make_model()
     llm, encoder, projector = _state(model.llm), _state(model.encoder), _state(model.projector)
-    result = train_stage(model, make_dataset(formatter), tiny_config(1, max_steps=3), tmp_path / "run",
-                         valid_set=make_dataset(formatter, n=8, seed=1), progress=False)
+    result = train_stage(model, make_dataset(model), tiny_config(1, max_steps=3), tmp_path / "run",
+                         valid_set=make_dataset(model, n=8, seed=1), progress=False)
     assert result.finished and result.global_step == 3
     assert _same(llm, _state(model.llm))
     assert _same(encoder, _state(model.encoder))  # BatchNorm statistics included
@@ -48,17 +48,17 @@ def test_stage1_trains_only_the_projector(tmp_path):
 
 
 def test_stage2_trains_the_llm(tmp_path):
-    model, formatter = make_model()
+    model = make_model()
     llm = _state(model.llm)
-    train_stage(model, make_dataset(formatter), tiny_config(2, max_steps=2, lr=1e-3), tmp_path / "run",
+    train_stage(model, make_dataset(model), tiny_config(2, max_steps=2, lr=1e-3), tmp_path / "run",
                 progress=False)
     changed = [k for k, v in _state(model.llm).items() if not torch.equal(v, llm[k])]
     assert changed and any("layers" in k for k in changed)
 
 
 def test_existing_run_needs_resume(tmp_path):
-    model, formatter = make_model()
-    data = make_dataset(formatter)
+    model = make_model()
+    data = make_dataset(model)
     train_stage(model, data, tiny_config(1, max_steps=1), tmp_path / "run", progress=False)
     with pytest.raises(FacePhiError, match="already holds a training run"):
         train_stage(model, data, tiny_config(1, max_steps=1), tmp_path / "run", progress=False)
@@ -118,3 +118,36 @@ def test_presets_and_overrides():
         TrainConfig(stage=1, lora=True)
     with pytest.raises(FacePhiError, match="not divisible"):
         TrainConfig(batch_size=10, grad_accum=3)
+
+
+def test_cli_runs_both_stages_and_reports_bad_paths(tmp_path, capsys):
+    from facephi.cli import main
+    from facephi.model.facephi import FacePhiModel
+
+    data = write_landmark_set(tmp_path / "data", {"train": 16, "valid": 8, "test": 8})
+    encoder, llm = write_encoder(tmp_path / "encoder"), write_llm(tmp_path / "llm")
+    common = ["--data", str(data), "--batch-size", "4", "--max-steps", "2", "--threads", "1", "--limit-valid", "4",
+              "--max-length", "96", "--no-progress"]
+    assert main(["train", "--stage", "1", "--encoder", str(encoder), "--llm", str(llm),
+                 "--out", str(tmp_path / "run1"), *common]) == 0
+    config = json.loads((tmp_path / "run1" / "config.json").read_text())
+    assert config["sources"]["train_class_counts"] == [2] * 8 and config["data"]["valid_samples"] == 4
+    assert config["train"]["batch_size"] == 4 and config["train"]["limit_train"] == 8000  # cpu preset kept
+
+    # Bad inputs: one-line errors, exit status 2, no traceback.
+    bad = {
+        "--init": ["--stage", "2", "--init", str(tmp_path / "run1"), "--out", str(tmp_path / "x")],
+        "not found": ["--stage", "1", "--encoder", str(tmp_path / "nope"), "--out", str(tmp_path / "y")],
+        "already holds": ["--stage", "1", "--encoder", str(encoder), "--out", str(tmp_path / "run1")],
+        "stage 2 starts from": ["--stage", "2", "--encoder", str(encoder), "--out", str(tmp_path / "z")],
+    }
+    for expected, argv in bad.items():
+        capsys.readouterr()
+        assert main(["train", *argv, *common]) == 2, expected
+        assert expected in capsys.readouterr().err
+
+    assert main(["train", "--stage", "2", "--init", str(tmp_path / "run1" / "final"),
+                 "--out", str(tmp_path / "run2"), "--lr", "1e-3", *common]) == 0
+    final = tmp_path / "run2" / "final"
+    assert json.loads((final / "config.json").read_text())["llm_weights"] == "full" and (final / "llm").is_dir()
+    assert FacePhiModel.from_pretrained(final).config.llm_weights == "full"

@@ -1,0 +1,127 @@
+"""Build a training stage from paths and run it (used by `facephi train` and `facephi reproduce`).
+
+Stage 1 starts from a landmark encoder checkpoint (``facephi align``) and an LLM (embedded
+name, GGUF, local folder or cached hub name); stage 2 starts from a FacePhi model folder,
+normally the ``final/`` of a stage-1 run. The data are an extracted landmark set: training
+uses its ``train`` split (class-balanced subset of ``limit_train`` samples when set), the loss
+is also reported on a class-balanced subset of ``valid``. The splits are those of
+``LandmarkSet.standard_splits(SPLIT_SEED)``, the same for every command, whatever the training
+seed, so a test split carved from ``train`` never leaks into training.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from facephi.train.presets import TrainConfig
+from facephi.train.stages import FINAL_DIR, StageResult, balanced_subset, train_stage
+from facephi.utils.errors import FacePhiError
+
+logger = logging.getLogger(__name__)
+
+SPLIT_SEED = 0
+"""Seed of ``LandmarkSet.standard_splits`` for every FacePhi command."""
+
+
+def load_stage_model(config: TrainConfig, encoder: str | Path | None = None, init: str | Path | None = None,
+                     llm: str | None = None, gguf_file: str | None = None) -> tuple[Any, dict[str, Any]]:
+    """The FacePhiModel a stage starts from, and the sources to record in ``config.json``."""
+    from facephi.model.facephi import FacePhiConfig, FacePhiModel
+    from facephi.model.llm import DEFAULT_LLM
+    from facephi.model.projector import ProjectorConfig
+
+    if config.stage == 1:
+        if encoder is None or init is not None:
+            raise FacePhiError("stage 1 starts from a landmark encoder: pass --encoder (and no --init)")
+        from facephi.model.encoder import LandmarkEncoder
+
+        encoder_path = _existing(encoder, "--encoder")
+        landmark_encoder = LandmarkEncoder.from_pretrained(encoder_path)
+        if llm is not None and Path(llm).expanduser().exists():  # a local LLM: record where it is
+            llm = str(Path(llm).expanduser().resolve())
+        facephi_config = FacePhiConfig(llm=llm or DEFAULT_LLM, gguf_file=gguf_file, max_length=config.max_length,
+                                       projector=ProjectorConfig(input_dim=landmark_encoder.feature_dim))
+        model = FacePhiModel.from_encoder(landmark_encoder, facephi_config)
+        sources = {"encoder": str(encoder_path.resolve()), "llm": facephi_config.llm, "gguf_file": gguf_file}
+    else:
+        if init is None or encoder is not None:
+            raise FacePhiError("stage 2 starts from a stage-1 model: pass --init RUN1/final (and no --encoder)")
+        if llm is not None or gguf_file is not None:
+            raise FacePhiError("stage 2 uses the LLM of its --init model; --llm / --gguf-file apply to stage 1")
+        init_path = _existing(init, "--init")
+        if (init_path / FINAL_DIR / "config.json").is_file():
+            raise FacePhiError(f"{init_path}: this is a run directory; pass its model as --init {init_path / FINAL_DIR}")
+        model = FacePhiModel.from_pretrained(init_path)
+        if config.lora and model.config.llm_weights == "full":
+            raise FacePhiError(f"{init_path}: its LLM is fully fine-tuned; LoRA needs a stage-1 model")
+        if model.config.max_length != config.max_length:
+            from facephi.data.instruction import PromptFormatter
+
+            model.config.max_length = config.max_length
+            model.formatter = PromptFormatter(model.tokenizer, config.max_length)
+        sources = {"init": str(init_path.resolve()), "llm": model.config.llm, "gguf_file": model.config.gguf_file}
+    if getattr(model.encoder, "normalizer", None) is None:
+        raise FacePhiError(f"{sources.get('encoder') or sources.get('init')}: the landmark encoder has no "
+                           "normaliser; train it with `facephi align`")
+    return model, sources
+
+
+def load_stage_data(model: Any, data: str | Path, config: TrainConfig) -> tuple[Any, Any, dict[str, Any]]:
+    """(train set, valid set or None, data description) as instruction datasets for ``model``."""
+    from facephi.data.dataset import LandmarkDataset
+    from facephi.data.instruction import InstructionDataset
+    from facephi.landmarks.store import LandmarkSet
+
+    data_path = _existing(data, "--data")
+    landmark_set = LandmarkSet.load(data_path)
+    splits = landmark_set.standard_splits(SPLIT_SEED)
+
+    def labelled_subset(split: str, limit: int | None) -> np.ndarray:
+        indices = splits[split][landmark_set.labels[splits[split]] >= 0]
+        return indices[balanced_subset(landmark_set.labels[indices], limit, config.seed)]
+
+    train_idx = labelled_subset("train", config.limit_train)
+    if len(train_idx) == 0:
+        raise FacePhiError(f"{data_path}: the train split has no labelled sample")
+    valid_idx = labelled_subset("valid", config.limit_valid)
+
+    def instructions(indices: np.ndarray) -> Any:
+        base = LandmarkDataset(landmark_set, indices, model.encoder.normalizer)
+        return InstructionDataset(base, model.formatter, seed=config.seed)
+
+    described = {
+        "data": str(data_path.resolve()), "split_seed": SPLIT_SEED,
+        "train_class_counts": np.bincount(landmark_set.labels[train_idx], minlength=8).tolist(),
+        "valid_class_counts": np.bincount(landmark_set.labels[valid_idx], minlength=8).tolist(),
+    }
+    return instructions(train_idx), (instructions(valid_idx) if len(valid_idx) else None), described
+
+
+def run_stage(config: TrainConfig, data: str | Path, out: str | Path, *, encoder: str | Path | None = None,
+              init: str | Path | None = None, llm: str | None = None, gguf_file: str | None = None,
+              resume: bool = False, stop_after: int | None = None, progress: bool = True) -> StageResult:
+    """Load the stage's model and data from paths and train it into ``out``."""
+    out = Path(out)
+    if not resume and (out / "config.json").is_file():  # fail before loading an LLM
+        raise FacePhiError(f"{out} already holds a training run; pass --resume to continue it "
+                           "or choose another --out")
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    model, sources = load_stage_model(config, encoder=encoder, init=init, llm=llm, gguf_file=gguf_file)
+    train_set, valid_set, described = load_stage_data(model, data, config)
+    logger.info("stage %d: %d training samples, %d valid samples", config.stage, len(train_set),
+                len(valid_set) if valid_set is not None else 0)
+    return train_stage(model, train_set, config, out, valid_set=valid_set, sources={**sources, **described},
+                       resume=resume, stop_after=stop_after, progress=progress)
+
+
+def _existing(path: str | Path, flag: str) -> Path:
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FacePhiError(f"{path}: not found ({flag})")
+    return path
