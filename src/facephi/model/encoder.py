@@ -1,0 +1,198 @@
+"""The landmark encoder: PointMLP backbone + its landmark normaliser + an objective-specific head.
+
+``objective="align"`` (ULIP/CLIP feature alignment, paper section 3.3): a bias-free projection of
+the 256-d feature to the text tower's dimension, a learnable logit scale, and a buffer with one
+caption embedding per class, so zero-shot class logits need no text tower at inference.
+``objective="classify"`` (the paper's ablation): a linear classifier on the 256-d feature.
+
+A checkpoint folder holds ``model.safetensors`` and ``config.json`` only: no pickle, nothing is
+executed on load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from facephi.labels import CLASSES
+from facephi.landmarks.normalize import Normalizer
+from facephi.model.losses import init_logit_scale, logit_scale_value
+from facephi.model.pointmlp import PointMLPConfig, PointMLPEncoder
+from facephi.utils.errors import FacePhiError
+from facephi.utils.io import atomic_path, write_json
+
+OBJECTIVES = ("align", "classify")
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+CONFIG_TYPE = "facephi-landmark-encoder"
+
+
+@dataclass
+class LandmarkEncoderConfig:
+    """Everything needed to rebuild a :class:`LandmarkEncoder` (JSON-able).
+
+    Attributes:
+        backbone: the ``PointMLPConfig`` as a dict (``dataclasses.asdict``).
+        objective: ``"align"`` or ``"classify"``.
+        classes: class names, index order of the logits.
+        normalizer: ``Normalizer.to_dict()`` (template included); ``None`` = inputs already normalised.
+        text_tower: name/path of the text tower whose caption embeddings are stored (align only).
+        text_dim: its embedding size = the projection's output size (align only).
+        caption_templates: the caption templates averaged per class (align only).
+        metrics: evaluation results (filled by training).
+        training: a summary of how it was trained (filled by training).
+    """
+
+    backbone: dict[str, Any] = field(default_factory=lambda: dataclasses.asdict(PointMLPConfig.preset("pointmlp")))
+    objective: str = "align"
+    classes: list[str] = field(default_factory=lambda: list(CLASSES))
+    normalizer: dict[str, Any] | None = None
+    text_tower: str | None = None
+    text_dim: int = 384
+    caption_templates: list[str] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if not self.classes:
+            raise ValueError("classes must not be empty")
+        if self.text_dim <= 0:
+            raise ValueError(f"text_dim must be positive, got {self.text_dim}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"config_type": CONFIG_TYPE, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "LandmarkEncoderConfig":
+        data = dict(data)
+        kind = data.pop("config_type", CONFIG_TYPE)
+        if kind != CONFIG_TYPE:
+            raise ValueError(f"config_type is {kind!r}, expected {CONFIG_TYPE!r}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown config keys {unknown}")
+        return cls(**data)
+
+
+class LandmarkEncoder(nn.Module):
+    """PointMLP landmark encoder with an alignment or classification head.
+
+    ``forward(points) -> [B, 256]`` is the feature ``e`` fed to the LLM projector;
+    ``class_logits(points) -> [B, C]`` classifies (zero-shot via caption embeddings when aligned).
+    ``points`` are normalised landmarks ``[B, 478, 3]``; :meth:`normalize` prepares raw ones.
+    """
+
+    def __init__(self, config: LandmarkEncoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone_config = PointMLPConfig.from_dict(config.backbone)
+        self.backbone = PointMLPEncoder(self.backbone_config)
+        self.normalizer = Normalizer.from_dict(config.normalizer) if config.normalizer else None
+        num_classes = len(config.classes)
+        if config.objective == "align":
+            self.projection = nn.Linear(self.feature_dim, config.text_dim, bias=False)
+            nn.init.normal_(self.projection.weight, std=self.feature_dim**-0.5)
+            self.logit_scale = init_logit_scale()
+            self.register_buffer("class_text_embeddings", torch.zeros(num_classes, config.text_dim))
+        else:
+            self.classifier = nn.Linear(self.feature_dim, num_classes)
+
+    @property
+    def feature_dim(self) -> int:
+        """Size of the feature ``e`` (256 for PointMLP)."""
+        return int(self.backbone_config.feature_dim)
+
+    @property
+    def objective(self) -> str:
+        return self.config.objective
+
+    def forward(self, points: torch.Tensor) -> torch.Tensor:
+        """Normalised landmarks ``[B, P, 3]`` → features ``[B, feature_dim]``."""
+        return self.backbone(points)
+
+    def embed(self, points: torch.Tensor) -> torch.Tensor:
+        """Aligned encoder only: unit-norm landmark embeddings in the text space ``[B, text_dim]``."""
+        self._require("align", "embed")
+        return F.normalize(self.projection(self.forward(points)), dim=-1)
+
+    def logits_from_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Class logits ``[B, C]`` from backbone features ``[B, feature_dim]``."""
+        if self.objective == "align":
+            embeddings = F.normalize(self.projection(features), dim=-1)
+            texts = F.normalize(self.class_text_embeddings, dim=-1)
+            return logit_scale_value(self.logit_scale) * embeddings @ texts.t()
+        return self.classifier(features)
+
+    def class_logits(self, points: torch.Tensor) -> torch.Tensor:
+        """Class logits ``[B, C]``: zero-shot caption similarity (align) or the classifier (classify)."""
+        return self.logits_from_features(self.forward(points))
+
+    def set_class_text_embeddings(self, embeddings: torch.Tensor) -> None:
+        """Store the per-class caption embeddings ``[C, text_dim]`` used by zero-shot logits."""
+        self._require("align", "set_class_text_embeddings")
+        expected = tuple(self.class_text_embeddings.shape)
+        if tuple(embeddings.shape) != expected:
+            raise ValueError(f"class text embeddings must be {expected}, got {tuple(embeddings.shape)}")
+        self.class_text_embeddings.copy_(F.normalize(embeddings.float(), dim=-1))
+
+    def normalize(self, raw: np.ndarray, sizes: np.ndarray | None) -> torch.Tensor:
+        """Raw MediaPipe landmarks ``[..., 478, 3]`` (+ image sizes) → normalised float tensor."""
+        if self.normalizer is None:
+            raise FacePhiError("this encoder has no normaliser: pass already normalised landmarks")
+        return torch.from_numpy(self.normalizer(raw, sizes))
+
+    def _require(self, objective: str, what: str) -> None:
+        if self.objective != objective:
+            raise ValueError(f"{what} needs objective={objective!r}, this encoder is {self.objective!r}")
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``model.safetensors`` and ``config.json`` atomically into ``directory``."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {name: tensor.detach().cpu().contiguous() for name, tensor in self.state_dict().items()}
+        with atomic_path(directory / WEIGHTS_NAME) as tmp:
+            save_file(state, str(tmp), metadata={"format": "pt", "config_type": CONFIG_TYPE})
+        write_json(directory / CONFIG_NAME, self.config.to_dict())
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> "LandmarkEncoder":
+        """Load a folder written by :meth:`save_pretrained` (safetensors + JSON only)."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
+        for path in (config_path, weights_path):
+            if not path.is_file():
+                raise FacePhiError(f"{path}: missing; not a landmark encoder checkpoint")
+        try:
+            config = LandmarkEncoderConfig.from_dict(json.loads(config_path.read_text(encoding="utf-8")))
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError) as exc:
+            raise FacePhiError(f"{config_path}: invalid landmark encoder config ({exc})") from exc
+        model = cls(config)
+        try:
+            state = load_file(str(weights_path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise FacePhiError(f"{weights_path}: unreadable safetensors file ({exc})") from exc
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise FacePhiError(f"{weights_path}: weights do not match {config_path} ({exc})") from exc
+        model.eval()
+        return model
