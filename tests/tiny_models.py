@@ -42,7 +42,7 @@ def _corpus() -> list[str]:
     return lines
 
 
-def tiny_tokenizer(style: str = "llama", vocab_size: int = 400) -> PreTrainedTokenizerFast:
+def tiny_tokenizer(style: str = "llama", vocab_size: int = 1000) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer with the special tokens of ``style`` (see module docstring)."""
     specials = SPECIALS[style]
     bpe = Tokenizer(models.BPE())

