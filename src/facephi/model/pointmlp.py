@@ -1,0 +1,228 @@
+"""PointMLP (Ma et al., ICLR 2022) as a landmark encoder, in pure PyTorch.
+
+The architecture follows the reference PointMLP / PointMLP-elite models as ULIP uses them, with
+ULIP's feature head in place of the classifier: embedding → per stage [local grouper (FPS anchors,
+kNN, geometric affine normalisation) → pre-extraction (transfer + residual blocks, max-pool over
+the neighbours) → pos-extraction (residual blocks)] → global max-pool →
+Linear-BN-ReLU-Dropout-Linear → the feature ``e`` (256-d by default).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import torch
+from torch import nn
+
+from facephi.model.pointops import farthest_point_sample, gather_points, knn
+
+_PRESETS: dict[str, dict[str, Any]] = {
+    "pointmlp": dict(
+        embed_dim=64, res_expansion=1.0, dim_expansion=[2, 2, 2, 2],
+        pre_blocks=[2, 2, 2, 2], pos_blocks=[2, 2, 2, 2],
+    ),
+    "pointmlp-elite": dict(
+        embed_dim=32, res_expansion=0.25, dim_expansion=[2, 2, 2, 1],
+        pre_blocks=[1, 1, 2, 1], pos_blocks=[1, 1, 2, 1],
+    ),
+}
+
+
+@dataclass
+class PointMLPConfig:
+    """Hyper-parameters of :class:`PointMLPEncoder` (defaults = the ``pointmlp`` preset)."""
+
+    num_points: int = 478
+    in_channels: int = 3
+    embed_dim: int = 64
+    res_expansion: float = 1.0
+    dim_expansion: list[int] = field(default_factory=lambda: [2, 2, 2, 2])
+    pre_blocks: list[int] = field(default_factory=lambda: [2, 2, 2, 2])
+    pos_blocks: list[int] = field(default_factory=lambda: [2, 2, 2, 2])
+    k_neighbors: list[int] = field(default_factory=lambda: [24, 24, 24, 24])
+    reducers: list[int] = field(default_factory=lambda: [2, 2, 2, 2])
+    normalize: str = "anchor"  # geometric affine normalisation around the "anchor" or "center"
+    use_xyz: bool = False  # also concatenate neighbour coordinates (reference presets: no)
+    bias: bool = False
+    activation: str = "relu"
+    feature_dim: int = 256
+    head_hidden_dim: int = 512
+    dropout: float = 0.5
+
+    def __post_init__(self) -> None:
+        stages = len(self.pre_blocks)
+        lists = ("dim_expansion", "pos_blocks", "k_neighbors", "reducers")
+        if stages == 0 or any(len(getattr(self, name)) != stages for name in lists):
+            raise ValueError(f"pre_blocks and {', '.join(lists)} must be non-empty and of equal length")
+        if self.normalize not in ("anchor", "center"):
+            raise ValueError(f"normalize must be 'anchor' or 'center', got {self.normalize!r}")
+        if self.activation not in _ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {self.activation!r}")
+        points = self.num_points
+        for stage, (k, reduce) in enumerate(zip(self.k_neighbors, self.reducers)):
+            if k > points or points // reduce < 1:
+                raise ValueError(f"stage {stage}: {points} points cannot give {k} neighbours / 1/{reduce} anchors")
+            points //= reduce
+
+    @property
+    def anchors(self) -> list[int]:
+        """Number of anchor points of each stage (478 → 239, 119, 59, 29)."""
+        counts, points = [], self.num_points
+        for reduce in self.reducers:
+            points //= reduce
+            counts.append(points)
+        return counts
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> "PointMLPConfig":
+        """``"pointmlp"`` or ``"pointmlp-elite"``, with optional field overrides."""
+        if name not in _PRESETS:
+            raise ValueError(f"unknown PointMLP preset {name!r}; choose one of {sorted(_PRESETS)}")
+        return cls(**{**_PRESETS[name], **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PointMLPConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown PointMLP config keys: {', '.join(unknown)}")
+        return cls(**data)
+
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}
+
+
+class PointwiseMLP(nn.Module):
+    """Shared per-point Linear → BatchNorm → activation on channel-last tensors ``[..., C]``.
+
+    Equivalent to PointMLP's kernel-1 Conv1d-BN-act (statistics over every point of the batch),
+    but channel-last, which is faster on CPU.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool, activation: str | None) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_channels, out_channels, bias=bias)
+        self.norm = nn.BatchNorm1d(out_channels)
+        self.act = _ACTIVATIONS[activation]() if activation else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.linear(x)
+        y = self.norm(y.reshape(-1, y.shape[-1])).view(y.shape)
+        return self.act(y)
+
+
+class ResidualBlock(nn.Module):
+    """PointMLP's residual point MLP: act(BN(W2 act(BN(W1 x))) + x), hidden = channels·expansion."""
+
+    def __init__(self, channels: int, res_expansion: float, bias: bool, activation: str) -> None:
+        super().__init__()
+        hidden = max(1, int(channels * res_expansion))
+        self.net1 = PointwiseMLP(channels, hidden, bias, activation)
+        self.net2 = PointwiseMLP(hidden, channels, bias, None)
+        self.act = _ACTIVATIONS[activation]()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.net2(self.net1(x)) + x)
+
+
+def _residual_stack(channels: int, blocks: int, config: "PointMLPConfig") -> nn.Sequential:
+    return nn.Sequential(*[
+        ResidualBlock(channels, config.res_expansion, config.bias, config.activation) for _ in range(blocks)
+    ])
+
+
+class LocalGrouper(nn.Module):
+    """FPS anchors, their kNN groups, geometric affine normalisation, anchor features appended.
+
+    Returns anchor coordinates ``[B, S, 3]`` and grouped features ``[B, S, k, 2·C (+3)]``.
+    """
+
+    def __init__(self, channels: int, groups: int, k: int, use_xyz: bool, normalize: str) -> None:
+        super().__init__()
+        self.groups, self.k, self.use_xyz, self.normalize = groups, k, use_xyz, normalize
+        affine_channels = channels + (3 if use_xyz else 0)
+        self.affine_alpha = nn.Parameter(torch.ones(1, 1, 1, affine_channels))
+        self.affine_beta = nn.Parameter(torch.zeros(1, 1, 1, affine_channels))
+
+    def forward(self, xyz: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = xyz.shape[0]
+        anchor_idx = farthest_point_sample(xyz, self.groups)  # [B, S]
+        anchor_xyz = gather_points(xyz, anchor_idx)  # [B, S, 3]
+        anchor_features = gather_points(features, anchor_idx)  # [B, S, C]
+        neighbour_idx = knn(self.k, xyz, anchor_xyz)  # [B, S, k]
+        grouped = gather_points(features, neighbour_idx)  # [B, S, k, C]
+        if self.use_xyz:
+            grouped = torch.cat([grouped, gather_points(xyz, neighbour_idx)], dim=-1)
+        if self.normalize == "anchor":
+            reference = torch.cat([anchor_features, anchor_xyz], -1) if self.use_xyz else anchor_features
+            reference = reference.unsqueeze(2)
+        else:
+            reference = grouped.mean(dim=2, keepdim=True)
+        offsets = grouped - reference
+        std = offsets.reshape(batch, -1).std(dim=-1).view(batch, 1, 1, 1)
+        grouped = self.affine_alpha * (offsets / (std + 1e-5)) + self.affine_beta
+        anchors = anchor_features.unsqueeze(2).expand(-1, -1, self.k, -1)
+        return anchor_xyz, torch.cat([grouped, anchors], dim=-1)
+
+
+class PreExtraction(nn.Module):
+    """Transfer MLP + residual blocks on every neighbour, then max-pool over the neighbours."""
+
+    def __init__(self, in_channels: int, out_channels: int, blocks: int, config: PointMLPConfig) -> None:
+        super().__init__()
+        self.transfer = PointwiseMLP(in_channels, out_channels, config.bias, config.activation)
+        self.operation = _residual_stack(out_channels, blocks, config)
+
+    def forward(self, grouped: torch.Tensor) -> torch.Tensor:
+        """``[B, S, k, C]`` → ``[B, S, D]``."""
+        return self.operation(self.transfer(grouped)).amax(dim=2)
+
+
+class PointMLPEncoder(nn.Module):
+    """``[B, N, 3]`` normalised landmarks → ``[B, feature_dim]`` feature ``e``."""
+
+    def __init__(self, config: PointMLPConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config or PointMLPConfig()
+        self.embedding = PointwiseMLP(config.in_channels, config.embed_dim, config.bias, config.activation)
+        self.groupers = nn.ModuleList()
+        self.pre_blocks = nn.ModuleList()
+        self.pos_blocks = nn.ModuleList()
+        channels = config.embed_dim
+        for stage, groups in enumerate(config.anchors):
+            out_channels = channels * config.dim_expansion[stage]
+            self.groupers.append(LocalGrouper(
+                channels, groups, config.k_neighbors[stage], config.use_xyz, config.normalize))
+            grouped_channels = 2 * channels + (3 if config.use_xyz else 0)
+            self.pre_blocks.append(PreExtraction(grouped_channels, out_channels, config.pre_blocks[stage], config))
+            self.pos_blocks.append(_residual_stack(out_channels, config.pos_blocks[stage], config))
+            channels = out_channels
+        self.out_channels = channels
+        self.head = nn.Sequential(
+            nn.Linear(channels, config.head_hidden_dim),
+            nn.BatchNorm1d(config.head_hidden_dim),
+            _ACTIVATIONS[config.activation](),
+            nn.Dropout(config.dropout),
+            nn.Linear(config.head_hidden_dim, config.feature_dim),
+        )
+
+    def forward_backbone(self, points: torch.Tensor) -> torch.Tensor:
+        """Global max-pooled backbone feature ``[B, out_channels]`` (before the head)."""
+        if points.ndim != 3 or points.shape[1:] != (self.config.num_points, self.config.in_channels):
+            raise ValueError(
+                f"expected points [B, {self.config.num_points}, {self.config.in_channels}], "
+                f"got {list(points.shape)}"
+            )
+        xyz = points[..., :3]
+        x = self.embedding(points)  # [B, N, D]
+        for grouper, pre, pos in zip(self.groupers, self.pre_blocks, self.pos_blocks):
+            xyz, grouped = grouper(xyz, x)  # [B, S, 3], [B, S, k, 2D]
+            x = pos(pre(grouped))  # [B, S, D']
+        return x.amax(dim=1)
+
+    def forward(self, points: torch.Tensor) -> torch.Tensor:
+        return self.head(self.forward_backbone(points))

@@ -1,0 +1,113 @@
+"""PointMLP encoder and its pure-torch point operations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from facephi.model.pointmlp import PointMLPConfig, PointMLPEncoder
+from facephi.model.pointops import farthest_point_sample, gather_points, knn
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Intra-op threads spin badly on a shared, loaded CPU: these tiny models run best on one."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _tiny_config(**overrides) -> PointMLPConfig:
+    base = dict(
+        num_points=40, embed_dim=8, res_expansion=0.5, dim_expansion=[2, 1], pre_blocks=[1, 1],
+        pos_blocks=[1, 1], k_neighbors=[6, 6], reducers=[2, 2], feature_dim=12, head_hidden_dim=16,
+    )
+    return PointMLPConfig(**{**base, **overrides})
+
+
+def _fps_reference(points: np.ndarray, count: int) -> list[int]:
+    chosen = [0]
+    distances = np.full(len(points), np.inf)
+    for _ in range(count - 1):
+        distances = np.minimum(distances, ((points - points[chosen[-1]]) ** 2).sum(-1))
+        chosen.append(int(np.argmax(distances)))
+    return chosen
+
+
+def test_farthest_point_sample_matches_brute_force():
+    xyz = torch.rand(3, 50, 3, generator=torch.Generator().manual_seed(0))
+    indices = farthest_point_sample(xyz, 12)
+    assert indices.shape == (3, 12) and indices.dtype == torch.long
+    for b in range(3):
+        assert indices[b].tolist() == _fps_reference(xyz[b].double().numpy(), 12)
+    assert len(set(indices[0].tolist())) == 12
+    with pytest.raises(ValueError):
+        farthest_point_sample(xyz, 51)
+
+
+def test_knn_and_gather_match_brute_force():
+    generator = torch.Generator().manual_seed(1)
+    xyz = torch.rand(2, 30, 3, generator=generator)
+    queries = torch.rand(2, 5, 3, generator=generator)
+    indices = knn(4, xyz, queries)
+    assert indices.shape == (2, 5, 4)
+    for b in range(2):
+        for s in range(5):
+            distances = ((xyz[b] - queries[b, s]) ** 2).sum(-1)
+            assert indices[b, s].tolist() == distances.argsort()[:4].tolist()
+    gathered = gather_points(xyz, indices)
+    assert gathered.shape == (2, 5, 4, 3)
+    assert torch.equal(gathered[1, 3, 2], xyz[1, indices[1, 3, 2]])
+
+
+@pytest.mark.parametrize("name", ["pointmlp", "pointmlp-elite"])
+def test_presets_shapes_and_seeded_determinism(name):
+    config = PointMLPConfig.preset(name)
+    assert config.anchors == [239, 119, 59, 29] and config.k_neighbors == [24] * 4
+    assert PointMLPConfig.from_dict(config.to_dict()) == config
+    torch.manual_seed(0)
+    first = PointMLPEncoder(config).eval()
+    torch.manual_seed(0)
+    second = PointMLPEncoder(config).eval()
+    points = torch.rand(2, 478, 3) * 2 - 1
+    with torch.no_grad():
+        out = first(points)
+        assert out.shape == (2, 256)
+        assert torch.equal(out, second(points))
+    with pytest.raises(ValueError, match="478"):
+        first(torch.rand(2, 100, 3))
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="preset"):
+        PointMLPConfig.preset("pointnet")
+    with pytest.raises(ValueError, match="equal length"):
+        PointMLPConfig(pre_blocks=[1, 1])
+    with pytest.raises(ValueError, match="unknown"):
+        PointMLPConfig.from_dict({"embed": 3})
+    with pytest.raises(ValueError, match="neighbours"):
+        _tiny_config(k_neighbors=[6, 30])
+
+
+def test_a_few_steps_reduce_a_classification_loss():
+    torch.manual_seed(0)
+    config = _tiny_config(dropout=0.0)
+    generator = torch.Generator().manual_seed(0)
+    # Two classes of point clouds: flat discs vs elongated sticks.
+    base = torch.rand(16, config.num_points, 3, generator=generator) * 2 - 1
+    labels = torch.arange(16) % 2
+    points = base * torch.where(labels[:, None, None] == 0, torch.tensor([1.0, 1.0, 0.1]), torch.tensor([0.1, 0.1, 1.0]))
+    encoder = PointMLPEncoder(config)
+    classifier = torch.nn.Linear(config.feature_dim, 2)
+    optimizer = torch.optim.Adam([*encoder.parameters(), *classifier.parameters()], lr=3e-3)
+    losses = []
+    for _ in range(15):
+        loss = torch.nn.functional.cross_entropy(classifier(encoder(points)), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+    assert all(p.grad is not None for p in encoder.parameters())
