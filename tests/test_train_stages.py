@@ -151,3 +151,20 @@ def test_cli_runs_both_stages_and_reports_bad_paths(tmp_path, capsys):
     final = tmp_path / "run2" / "final"
     assert json.loads((final / "config.json").read_text())["llm_weights"] == "full" and (final / "llm").is_dir()
     assert FacePhiModel.from_pretrained(final).config.llm_weights == "full"
+
+
+def test_stage2_lora_trains_only_the_adapter_and_resumes(tmp_path):
+    model = make_model()
+    base = _state(model.llm)
+    config = tiny_config(2, lora=True, lora_r=4, max_steps=2, lr=1e-3)
+    first = train_stage(model, make_dataset(model), config, tmp_path / "run", stop_after=1, progress=False)
+    assert not first.finished
+    model = make_model()
+    result = train_stage(model, make_dataset(model), config, tmp_path / "run", resume=True, progress=False)
+    assert result.finished and model.config.llm_weights == "lora"
+    after = _state(model.llm)
+    lora = [k for k in after if "lora_" in k]
+    frozen = {k.replace(".base_layer", ""): v for k, v in after.items() if "lora_" not in k}
+    assert lora and frozen.keys() == base.keys() and _same(frozen, base)  # the base LLM is untouched
+    assert any(bool(after[k].any()) for k in lora if "lora_B" in k)  # lora_B starts at zero: it was trained
+    assert (tmp_path / "run" / "final" / "adapter").is_dir()

@@ -4,13 +4,14 @@ Examples::
 
     facephi train --stage 1 --encoder runs/align/final --data data/ferplus --out runs/stage1
     facephi train --stage 2 --init runs/stage1/final --data data/ferplus --out runs/stage2
-    accelerate launch -m facephi.cli train --stage 2 ... --preset paper   # several GPUs
+    accelerate launch --num_processes 4 "$(which facephi)" train --stage 2 ... --preset paper
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 
 # Flags that override one TrainConfig field each: flag -> (field, type, help).
 _OVERRIDES: dict[str, tuple[str, type, str]] = {
@@ -96,12 +97,16 @@ def run(args: argparse.Namespace) -> int:
     if args.stop_after is not None and args.stop_after < 1:
         raise FacePhiError(f"--stop-after must be >= 1, got {args.stop_after}")
     config, preset_name = resolve_config(args)
-    print(f"facephi train: stage {config.stage}, preset {preset_name}, batch {config.batch_size} "
-          f"(x{config.grad_accum} accumulation), lr {config.lr:g}, {config.epochs} epoch(s), "
-          f"train subset {config.limit_train or 'all'} -> {args.out}")
+    main_process = os.environ.get("RANK", "0") == "0"  # torchrun / accelerate launch set RANK
+    if main_process:
+        print(f"facephi train: stage {config.stage}, preset {preset_name}, batch {config.batch_size} "
+              f"(x{config.grad_accum} accumulation), lr {config.lr:g}, {config.epochs} epoch(s), "
+              f"train subset {config.limit_train or 'all'} -> {args.out}")
     result = run_stage(config, args.data, args.out, encoder=args.encoder, init=args.init, llm=args.llm,
                        gguf_file=args.gguf_file, resume=args.resume, stop_after=args.stop_after,
                        progress=not args.no_progress)
+    if not main_process:
+        return 0
     metrics = result.metrics
     if not result.finished:
         print(f"stopped at step {result.global_step}/{result.total_steps}; continue with --resume")

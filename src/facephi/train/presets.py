@@ -24,7 +24,9 @@ class TrainConfig:
 
     ``batch_size`` is the *effective* batch of one optimizer step, summed over all processes;
     each step is split into ``grad_accum`` micro-batches per process, so one forward pass sees
-    ``batch_size / (grad_accum * num_processes)`` samples.
+    ``batch_size / (grad_accum * num_processes)`` samples. The paper gives batch sizes, learning
+    rates, AdamW and epochs only; warm-up (3 %), cosine decay, no weight decay and clipping at
+    norm 1 follow LLaVA's recipe, which the paper cites for its two-stage training.
     """
 
     stage: int = 1

@@ -21,6 +21,7 @@ import torch
 from facephi.train.presets import TrainConfig
 from facephi.train.stages import FINAL_DIR, StageResult, balanced_subset, train_stage
 from facephi.utils.errors import FacePhiError
+from facephi.utils.runinfo import seed_everything
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +113,7 @@ def run_stage(config: TrainConfig, data: str | Path, out: str | Path, *, encoder
                            "or choose another --out")
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
+    seed_everything(config.seed)  # the new projector's initialisation
     model, sources = load_stage_model(config, encoder=encoder, init=init, llm=llm, gguf_file=gguf_file)
     train_set, valid_set, described = load_stage_data(model, data, config)
     logger.info("stage %d: %d training samples, %d valid samples", config.stage, len(train_set),

@@ -2,7 +2,7 @@
 
 Stage 1 freezes the LLM and the landmark encoder and trains the projector; stage 2 also
 trains the LLM (full fine-tuning, or a LoRA adapter). The same code runs on one CPU, one GPU
-or several GPUs (``accelerate launch -m facephi.cli train ...``).
+or several GPUs (``accelerate launch "$(which facephi)" train ...``).
 
 Run directory::
 
@@ -188,9 +188,9 @@ class _StageRun:
         self.train_set, self.valid_set = train_set, valid_set
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
-        self.accelerator = acc = Accelerator(
+        self.accelerator = acc = Accelerator(  # cpu=True lets torchrun start several CPU processes
             mixed_precision=resolve_mixed_precision(config.mixed_precision),
-            gradient_accumulation_steps=config.grad_accum)
+            gradient_accumulation_steps=config.grad_accum, cpu=not torch.cuda.is_available())
         self.sampler = ckpt.EpochBatchSampler(len(train_set), config.batch_size, config.grad_accum,
                                               config.seed, acc.num_processes, acc.process_index)
         self.total_steps = config.epochs * self.sampler.steps_per_epoch
