@@ -13,7 +13,7 @@ from train_fixtures import make_dataset, make_model, tiny_config
 
 def _train(run_dir, **kwargs):
     model = make_model(seed=0)
-    result = train_stage(model, make_dataset(model), tiny_config(2, lr=1e-3, save_every=3), run_dir,
+    result = train_stage(model, make_dataset(model), tiny_config(2, lr=1e-3, save_every=3, log_every=2), run_dir,
                          progress=False, **kwargs)
     return model, result
 
@@ -36,6 +36,7 @@ def test_resume_equals_uninterrupted_run(tmp_path):
     assert all(torch.equal(ref_state[k], new_state[k]) for k in ref_state)
     ref_log = json.loads((tmp_path / "straight" / "metrics.json").read_text())["log"]
     new_log = json.loads((tmp_path / "resumed" / "metrics.json").read_text())["log"]
+    assert [r["step"] for r in ref_log] == [2, 3, 4, 6, 8]  # every 2 steps and at each checkpoint
     assert [(r["step"], r["loss"], r["lr"]) for r in ref_log] == [(r["step"], r["loss"], r["lr"]) for r in new_log]
     assert (tmp_path / "resumed" / "final" / "config.json").is_file()
 

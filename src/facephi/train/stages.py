@@ -306,7 +306,7 @@ class _StageRun:
         set_train_mode(self.model)
         bar = tqdm(total=self.total_steps, initial=self.global_step, desc=f"stage {config.stage}",
                    disable=not (progress and acc.is_local_main_process), dynamic_ncols=True)
-        steps_here, window = 0, []
+        steps_here, self.window = 0, []
 
         def keep_going() -> bool:
             return self.global_step < self.total_steps and not (stop_after and steps_here >= stop_after)
@@ -320,24 +320,21 @@ class _StageRun:
                                             collate_fn=self.collate))
             while self.step_in_epoch < self.sampler.steps_per_epoch and keep_going():
                 tic = time.perf_counter()
-                window.append(self.train_step(micro_batches))
+                self.window.append(self.train_step(micro_batches))
                 metrics["train_seconds"] += time.perf_counter() - tic
                 self.step_in_epoch, self.global_step = self.step_in_epoch + 1, self.global_step + 1
                 steps_here += 1
                 bar.update(1)
-                if self.global_step % config.log_every == 0 or self.global_step == self.total_steps:
-                    loss = float(acc.reduce(torch.stack(window).mean(), reduction="mean"))
-                    window = []
-                    metrics["log"].append({"step": self.global_step, "epoch": self.epoch, "loss": loss,
-                                           "lr": self.scheduler.get_last_lr()[0],
-                                           "train_seconds": round(metrics["train_seconds"], 3)})
-                    bar.set_postfix(loss=f"{loss:.4f}")
                 periodic = config.save_every and self.global_step % config.save_every == 0
+                if periodic or self.global_step % config.log_every == 0 or self.global_step == self.total_steps:
+                    bar.set_postfix(loss=f"{self.log_window():.4f}")
                 if periodic and self.global_step < self.total_steps:
                     self._account(invocation_start)
                     invocation_start = time.perf_counter()
                     self.save(final=False)
         bar.close()
+        if self.window:  # stopped between log steps: the checkpoint below must not lose these losses
+            self.log_window()
         finished = self.global_step >= self.total_steps
         if finished and self.valid_set is not None and metrics["valid_loss_end"] is None:
             metrics["valid_loss_end"] = evaluate_loss(self.model, self.valid_set, self.micro_batch, acc,
@@ -347,6 +344,15 @@ class _StageRun:
             self.save(final=finished)
         self.unwrapped.eval()
         return StageResult(self.run_dir, self.global_step, self.total_steps, finished, metrics)
+
+    def log_window(self) -> float:
+        """Append the mean loss of the steps since the last entry to the loss curve; return it."""
+        loss = float(self.accelerator.reduce(torch.stack(self.window).mean(), reduction="mean"))
+        self.window = []
+        self.metrics["log"].append({"step": self.global_step, "epoch": self.epoch, "loss": loss,
+                                    "lr": self.scheduler.get_last_lr()[0],
+                                    "train_seconds": round(self.metrics["train_seconds"], 3)})
+        return loss
 
     def _account(self, since: float) -> None:
         """Add this invocation's elapsed time to the metrics and update the throughput."""
