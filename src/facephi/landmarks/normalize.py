@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-NUM_LANDMARKS = 478
 _EPS = 1e-12
 
 
