@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from facephi.model.pointmlp import PointMLPConfig, PointMLPEncoder
+from facephi.model.pointmlp import PointMLPConfig, PointMLPEncoder, PreExtraction
 from facephi.model.pointops import farthest_point_sample, gather_points, knn
 
 
@@ -111,3 +111,17 @@ def test_a_few_steps_reduce_a_classification_loss():
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
     assert all(p.grad is not None for p in encoder.parameters())
+
+
+def test_split_transfer_equals_pointmlp_concatenation():
+    """The transfer layer is the Linear-BN-act of PointMLP on [neighbour ; repeated anchor]."""
+    torch.manual_seed(0)
+    config = _tiny_config()
+    pre = PreExtraction(5, 4, 6, blocks=0, config=config).eval()
+    pre.transfer.norm.running_mean.uniform_()
+    grouped, anchors = torch.randn(2, 3, 7, 5), torch.randn(2, 3, 4)
+    concatenated = torch.cat([grouped, anchors.unsqueeze(2).expand(-1, -1, 7, -1)], dim=-1)
+    weight = torch.cat([pre.transfer.linear.weight, pre.transfer_anchor.weight], dim=1)
+    reference = torch.relu(pre.transfer.norm((concatenated @ weight.T).reshape(-1, 6)))
+    expected = reference.reshape(2, 3, 7, 6).amax(dim=2)
+    assert torch.allclose(pre(grouped, anchors), expected, atol=1e-6)

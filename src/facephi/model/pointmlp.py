@@ -109,8 +109,9 @@ class PointwiseMLP(nn.Module):
         self.norm = nn.BatchNorm1d(out_channels)
         self.act = _ACTIVATIONS[activation]() if activation else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.linear(x)
+    def forward(self, x: torch.Tensor, shift: torch.Tensor | None = None) -> torch.Tensor:
+        """``shift`` (broadcastable to the linear output) is added before the normalisation."""
+        y = self.linear(x) if shift is None else self.linear(x) + shift
         y = self.norm(y.reshape(-1, y.shape[-1])).view(y.shape)
         return self.act(y)
 
@@ -136,9 +137,11 @@ def _residual_stack(channels: int, blocks: int, config: "PointMLPConfig") -> nn.
 
 
 class LocalGrouper(nn.Module):
-    """FPS anchors, their kNN groups, geometric affine normalisation, anchor features appended.
+    """FPS anchors, their kNN groups and PointMLP's geometric affine normalisation.
 
-    Returns anchor coordinates ``[B, S, 3]`` and grouped features ``[B, S, k, 2·C (+3)]``.
+    Returns anchor coordinates ``[B, S, 3]``, normalised neighbour features ``[B, S, k, C (+3)]``
+    and the anchors' own features ``[B, S, C]``, which PointMLP concatenates to every neighbour
+    (:class:`PreExtraction` applies that concatenation inside its first layer).
     """
 
     def __init__(self, channels: int, groups: int, k: int, use_xyz: bool, normalize: str) -> None:
@@ -148,7 +151,9 @@ class LocalGrouper(nn.Module):
         self.affine_alpha = nn.Parameter(torch.ones(1, 1, 1, affine_channels))
         self.affine_beta = nn.Parameter(torch.zeros(1, 1, 1, affine_channels))
 
-    def forward(self, xyz: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, xyz: torch.Tensor, features: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         batch = xyz.shape[0]
         anchor_idx = farthest_point_sample(xyz, self.groups)  # [B, S]
         anchor_xyz = gather_points(xyz, anchor_idx)  # [B, S, 3]
@@ -165,21 +170,30 @@ class LocalGrouper(nn.Module):
         offsets = grouped - reference
         std = offsets.reshape(batch, -1).std(dim=-1).view(batch, 1, 1, 1)
         grouped = self.affine_alpha * (offsets / (std + 1e-5)) + self.affine_beta
-        anchors = anchor_features.unsqueeze(2).expand(-1, -1, self.k, -1)
-        return anchor_xyz, torch.cat([grouped, anchors], dim=-1)
+        return anchor_xyz, grouped, anchor_features
 
 
 class PreExtraction(nn.Module):
-    """Transfer MLP + residual blocks on every neighbour, then max-pool over the neighbours."""
+    """Transfer MLP + residual blocks on every neighbour, then max-pool over the neighbours.
 
-    def __init__(self, in_channels: int, out_channels: int, blocks: int, config: PointMLPConfig) -> None:
+    The transfer layer acts on ``[normalised neighbour ; anchor feature]`` as in PointMLP; its weight
+    is split into neighbour and anchor columns so the anchor term is computed once per group
+    instead of once per neighbour (the same function, k times less work for that half).
+    """
+
+    def __init__(
+        self, neighbour_channels: int, anchor_channels: int, out_channels: int, blocks: int,
+        config: PointMLPConfig,
+    ) -> None:
         super().__init__()
-        self.transfer = PointwiseMLP(in_channels, out_channels, config.bias, config.activation)
+        self.transfer = PointwiseMLP(neighbour_channels, out_channels, config.bias, config.activation)
+        self.transfer_anchor = nn.Linear(anchor_channels, out_channels, bias=False)
         self.operation = _residual_stack(out_channels, blocks, config)
 
-    def forward(self, grouped: torch.Tensor) -> torch.Tensor:
-        """``[B, S, k, C]`` → ``[B, S, D]``."""
-        return self.operation(self.transfer(grouped)).amax(dim=2)
+    def forward(self, grouped: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+        """Neighbours ``[B, S, k, C']`` and anchors ``[B, S, C]`` → ``[B, S, D]``."""
+        x = self.transfer(grouped, shift=self.transfer_anchor(anchors).unsqueeze(2))
+        return self.operation(x).amax(dim=2)
 
 
 class PointMLPEncoder(nn.Module):
@@ -197,8 +211,9 @@ class PointMLPEncoder(nn.Module):
             out_channels = channels * config.dim_expansion[stage]
             self.groupers.append(LocalGrouper(
                 channels, groups, config.k_neighbors[stage], config.use_xyz, config.normalize))
-            grouped_channels = 2 * channels + (3 if config.use_xyz else 0)
-            self.pre_blocks.append(PreExtraction(grouped_channels, out_channels, config.pre_blocks[stage], config))
+            neighbour_channels = channels + (3 if config.use_xyz else 0)
+            self.pre_blocks.append(
+                PreExtraction(neighbour_channels, channels, out_channels, config.pre_blocks[stage], config))
             self.pos_blocks.append(_residual_stack(out_channels, config.pos_blocks[stage], config))
             channels = out_channels
         self.out_channels = channels
@@ -220,8 +235,8 @@ class PointMLPEncoder(nn.Module):
         xyz = points[..., :3]
         x = self.embedding(points)  # [B, N, D]
         for grouper, pre, pos in zip(self.groupers, self.pre_blocks, self.pos_blocks):
-            xyz, grouped = grouper(xyz, x)  # [B, S, 3], [B, S, k, 2D]
-            x = pos(pre(grouped))  # [B, S, D']
+            xyz, grouped, anchors = grouper(xyz, x)  # [B, S, 3], [B, S, k, D], [B, S, D]
+            x = pos(pre(grouped, anchors))  # [B, S, D']
         return x.amax(dim=1)
 
     def forward(self, points: torch.Tensor) -> torch.Tensor:
