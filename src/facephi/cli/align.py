@@ -42,6 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="cross-entropy class weights (classify only)")
     p.add_argument("--limit-train", type=int, default=None, metavar="N", help="random N training samples")
     p.add_argument("--limit-valid", type=int, default=None, metavar="N", help="random N validation samples")
+    p.add_argument("--limit-test", type=int, default=None, metavar="N", help="random N test samples")
     p.add_argument("--probe-samples", type=int, default=5000, metavar="N",
                    help="training samples for the per-epoch linear probe")
     p.add_argument("--select-metric", default="accuracy",
@@ -66,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
         encoder_options=dict(args.encoder_option), epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, weight_decay=args.weight_decay, lr_schedule=args.lr_schedule,
         class_weights=args.class_weights, limit_train=args.limit_train, limit_valid=args.limit_valid,
-        probe_samples=args.probe_samples, augment=args.augment, seed=args.seed, threads=args.threads,
+        limit_test=args.limit_test, probe_samples=args.probe_samples, augment=args.augment, seed=args.seed,
+        threads=args.threads,
         text_tower=args.text_tower or DEFAULT_TEXT_TOWER, select_metric=args.select_metric,
         resume=args.resume, overwrite=args.overwrite,
     )

@@ -55,6 +55,7 @@ class AlignConfig:
     class_weights: str = "none"  # or "balanced" (classify only)
     limit_train: int | None = None
     limit_valid: int | None = None
+    limit_test: int | None = None
     probe_samples: int = 5000  # training samples for the per-epoch linear probe
     augment: bool = True
     seed: int = 0
@@ -68,7 +69,8 @@ class AlignConfig:
     def validate(self) -> None:
         checks = [
             (self.objective in ("align", "classify"), f"--objective must be align or classify, got {self.objective!r}"),
-            (self.encoder in ("pointmlp", "pointmlp-elite"), f"--encoder must be pointmlp or pointmlp-elite, got {self.encoder!r}"),
+            (self.encoder in ("pointmlp", "pointmlp-elite"),
+             f"--encoder must be pointmlp or pointmlp-elite, got {self.encoder!r}"),
             (self.epochs >= 1, "--epochs must be >= 1"),
             (self.batch_size >= 2, "--batch-size must be >= 2"),
             (self.lr > 0, "--lr must be positive"),
@@ -79,6 +81,7 @@ class AlignConfig:
              "--class-weights balanced applies to --objective classify only"),
             (self.limit_train is None or self.limit_train >= self.batch_size, "--limit-train must be >= --batch-size"),
             (self.limit_valid is None or self.limit_valid >= 1, "--limit-valid must be >= 1"),
+            (self.limit_test is None or self.limit_test >= 1, "--limit-test must be >= 1"),
             (self.select_metric in SELECT_METRICS, f"--select-metric must be one of {SELECT_METRICS}"),
             (self.threads is None or self.threads >= 1, "--threads must be >= 1"),
         ]
@@ -88,8 +91,8 @@ class AlignConfig:
 
 
 # Arguments that must not change when a run is resumed.
-_RESUME_FIXED = ("data", "objective", "encoder", "encoder_options", "batch_size", "limit_train", "limit_valid", "augment",
-                 "seed", "text_tower", "class_weights")
+_RESUME_FIXED = ("data", "objective", "encoder", "encoder_options", "batch_size", "limit_train", "limit_valid",
+                 "limit_test", "augment", "seed", "text_tower", "class_weights")
 
 
 # ---------------------------------------------------------------------------- objectives
@@ -140,23 +143,26 @@ class _Split:
     labels: np.ndarray
 
 
-def _split_indices(landmark_set: Any, config: AlignConfig) -> dict[str, np.ndarray]:
-    """Labelled, finite samples of the standard train/valid/test splits, limited where asked."""
+def split_indices(landmark_set: Any, config: AlignConfig) -> dict[str, np.ndarray]:
+    """Labelled, finite samples of the standard train/valid/test splits; ``limit_*`` keep a seeded
+    random subset of a split (independent of the other splits' limits)."""
     usable = (landmark_set.labels >= 0) & np.isfinite(landmark_set.landmarks).all(axis=(1, 2))
     splits = landmark_set.standard_splits(seed=config.seed)
-    rng = np.random.default_rng([config.seed, 7])
     out: dict[str, np.ndarray] = {}
-    for name in ("train", "valid", "test"):
+    for number, name in enumerate(("train", "valid", "test")):
         indices = np.asarray(splits.get(name, []), dtype=np.int64)
         indices = indices[usable[indices]]
-        limit = {"train": config.limit_train, "valid": config.limit_valid}.get(name)
+        limit = {"train": config.limit_train, "valid": config.limit_valid, "test": config.limit_test}[name]
         if limit is not None and len(indices) > limit:
+            rng = np.random.default_rng([config.seed, 7, number])
             indices = np.sort(rng.choice(indices, size=limit, replace=False))
         if len(indices) == 0:
             raise FacePhiError(f"{config.data}: no labelled samples in the {name} split")
         out[name] = indices
     if len(out["train"]) < config.batch_size:
-        raise FacePhiError(f"{config.data}: {len(out['train'])} training samples, fewer than --batch-size {config.batch_size}")
+        raise FacePhiError(
+            f"{config.data}: {len(out['train'])} training samples, fewer than --batch-size {config.batch_size}"
+        )
     return out
 
 
@@ -215,7 +221,8 @@ def _prepare_output(config: AlignConfig, out: Path) -> dict[str, Any] | None:
         state = read_json(state_path)
         changed = [k for k in _RESUME_FIXED if state["config"].get(k) != getattr(config, k)]
         if changed:
-            raise FacePhiError(f"{out}: cannot resume with different {', '.join('--' + k.replace('_', '-') for k in changed)}")
+            flags = ", ".join("--" + k.replace("_", "-") for k in changed)
+            raise FacePhiError(f"{out}: cannot resume with different {flags}")
         return state
     if (out / LAST_DIR).exists() or (out / "config.json").exists():
         if not config.overwrite:
@@ -253,7 +260,9 @@ def _load_last(out: Path, optimizer: torch.optim.Optimizer) -> None:
     for name in ("optimizer.safetensors", "optimizer.json", "rng.json", "rng.safetensors"):
         if not (folder / name).is_file():
             raise FacePhiError(f"{folder}: incomplete checkpoint, {name} is missing")
-    load_optimizer_state(optimizer, load_file(str(folder / "optimizer.safetensors")), read_json(folder / "optimizer.json"))
+    load_optimizer_state(
+        optimizer, load_file(str(folder / "optimizer.safetensors")), read_json(folder / "optimizer.json")
+    )
     set_rng_state(read_json(folder / "rng.json"), load_file(str(folder / "rng.safetensors")))
 
 
@@ -279,7 +288,7 @@ def train_encoder(config: AlignConfig) -> dict[str, Any]:
     seed_everything(config.seed)
 
     landmark_set = LandmarkSet.load(config.data)
-    indices = _split_indices(landmark_set, config)
+    indices = split_indices(landmark_set, config)
     if state is not None:
         model = LandmarkEncoder.from_pretrained(out / LAST_DIR)
         normalizer = model.normalizer

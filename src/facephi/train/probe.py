@@ -91,7 +91,9 @@ def select_linear_probe(
 
 
 @torch.no_grad()
-def encode_features(model: "LandmarkEncoder", points: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+def encode_features(
+    model: "LandmarkEncoder", points: np.ndarray, batch_size: int = 256
+) -> tuple[np.ndarray, np.ndarray]:
     """Features ``e`` ``[N, 256]`` and class logits ``[N, C]`` of normalised landmarks (eval mode)."""
     was_training = model.training
     model.eval()
