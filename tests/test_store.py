@@ -78,3 +78,12 @@ def test_standard_splits_carve_seeded_stratified_parts_of_train(tmp_path: Path) 
     assert all(np.array_equal(splits[k], again[k]) for k in splits)
     other = ds.standard_splits(seed=1)
     assert not np.array_equal(splits["valid"], other["valid"])
+
+
+def test_standard_splits_of_a_tiny_set_still_give_one_sample_per_carved_split(tmp_path: Path) -> None:
+    labels = ["happiness", "happiness", "neutral", "neutral", "neutral", "anger", "fear", "sadness", "disgust", "surprise"]
+    ds = LandmarkSet.load(write_set(tmp_path, labels, ["train"] * 10))
+    splits = ds.standard_splits(seed=0)
+    assert [len(splits[k]) for k in ("train", "valid", "test")] == [8, 1, 1]
+    assert all(ds.labels[splits[k]].tolist() == [CLASSES.index("neutral")] for k in ("valid", "test"))
+    assert sorted(np.concatenate(list(splits.values())).tolist()) == list(range(10))

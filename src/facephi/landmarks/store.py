@@ -78,7 +78,8 @@ class LandmarkSet:
 
         The dataset's own splits are used where present. When ``valid`` or ``test`` is missing, a
         seeded part of ``train`` (``CARVE_FRACTION`` of it per missing split, stratified by label,
-        unlabelled samples forming their own stratum) is carved out for it; the same ``seed`` always
+        unlabelled samples forming their own stratum; at least one sample of the largest stratum when
+        the set is too small for the fraction) is carved out for it; the same ``seed`` always
         gives the same split. Samples of other splits are not used.
         """
         result = {name: self.indices(name) for name in ("train", "valid", "test")}
@@ -89,9 +90,12 @@ class LandmarkSet:
         train = result["train"]
         carved: dict[str, list[np.ndarray]] = {name: [] for name in missing}
         keep: list[np.ndarray] = []
-        for label in np.unique(self.labels[train]):
+        labels, counts = np.unique(self.labels[train], return_counts=True)
+        for label in labels:
             members = rng.permutation(train[self.labels[train] == label])
             n_carve = int(round(CARVE_FRACTION * len(members)))
+            if n_carve == 0 and label == labels[counts.argmax()] and len(members) > len(missing):
+                n_carve = 1  # a tiny set: every carved split still gets one sample of its largest class
             for i, name in enumerate(missing):
                 carved[name].append(members[i * n_carve : (i + 1) * n_carve])
             keep.append(members[len(missing) * n_carve :])
