@@ -90,15 +90,17 @@ class LandmarkSet:
         train = result["train"]
         carved: dict[str, list[np.ndarray]] = {name: [] for name in missing}
         keep: list[np.ndarray] = []
-        labels, counts = np.unique(self.labels[train], return_counts=True)
-        for label in labels:
+        for label in np.unique(self.labels[train]):
             members = rng.permutation(train[self.labels[train] == label])
             n_carve = int(round(CARVE_FRACTION * len(members)))
-            if n_carve == 0 and label == labels[counts.argmax()] and len(members) > len(missing):
-                n_carve = 1  # a tiny set: every carved split still gets one sample of its largest class
             for i, name in enumerate(missing):
                 carved[name].append(members[i * n_carve : (i + 1) * n_carve])
             keep.append(members[len(missing) * n_carve :])
+        for name in missing:  # a tiny set: a split left empty takes one sample of the largest stratum
+            largest = max(range(len(keep)), key=lambda k: len(keep[k]))
+            if sum(map(len, carved[name])) == 0 and len(keep[largest]) > 1:
+                carved[name].append(keep[largest][:1])
+                keep[largest] = keep[largest][1:]
         result["train"] = np.sort(np.concatenate(keep))
         for name in missing:
             result[name] = np.sort(np.concatenate(carved[name])).astype(np.int64)
