@@ -193,7 +193,7 @@ def test_eval_cli_with_an_encoder_checkpoint(tmp_path, capsys):
     assert main(["eval", "--model", str(encoder), "--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "landmarks.npy: missing" in capsys.readouterr().err
     assert main(["eval", "--model", str(encoder), "--data", str(data), "--out", str(tmp_path / "o"),
-                 "--split", "valid"]) == 2  # carved from 6 train samples: too few per class
+                 "--split", "holdout"]) == 2  # no such split in the data
 
 
 def tiny_facephi(directory, save: bool = True):
