@@ -176,10 +176,10 @@ def write_landmark_folder(root, n: int = 12):
 
 def test_eval_cli_with_an_encoder_checkpoint(tmp_path, capsys):
     from facephi.cli import main
-    from test_predict import tiny_encoder
+    from train_fixtures import write_encoder
 
     data = write_landmark_folder(tmp_path / "data")
-    encoder = tiny_encoder(tmp_path / "encoder")
+    encoder = write_encoder(tmp_path / "encoder")
     code = main(["eval", "--model", str(encoder), "--data", str(data), "--out", str(tmp_path / "out"),
                  "--threads", "1", "--device", "cpu", "--no-progress"])
     out = capsys.readouterr().out
@@ -202,10 +202,10 @@ def tiny_facephi(directory, save: bool = True):
     from facephi.model.encoder import LandmarkEncoder
     from facephi.model.facephi import FacePhiConfig, FacePhiModel
     from facephi.model.projector import ProjectorConfig
-    from test_predict import tiny_encoder
+    from train_fixtures import write_encoder
     from tiny_models import tiny_llm
 
-    encoder = LandmarkEncoder.from_pretrained(tiny_encoder(directory.parent / f"{directory.name}-encoder"))
+    encoder = LandmarkEncoder.from_pretrained(write_encoder(directory.parent / f"{directory.name}-encoder"))
     tokenizer = tiny_tokenizer("smollm")
     config = FacePhiConfig(llm="tiny-llama", max_length=96, projector=ProjectorConfig(input_dim=encoder.feature_dim))
     model = FacePhiModel(config, encoder, tiny_llm("llama", tokenizer), tokenizer)

@@ -1,6 +1,5 @@
 """`facephi predict`: inputs of every kind, per-input errors, checkpoint dispatch, exit status."""
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -10,11 +9,10 @@ import torch
 
 from facephi.cli import main
 from facephi.labels import CLASSES
-from facephi.landmarks.normalize import Normalizer
-from facephi.model.encoder import LandmarkEncoder, LandmarkEncoderConfig
-from facephi.model.pointmlp import PointMLPConfig
+from facephi.model.encoder import LandmarkEncoder
 from facephi.serve.predict import ENCODER, FACEPHI, LandmarkInput, Predictor, checkpoint_type, read_inputs
 from facephi.utils.errors import FacePhiError
+from train_fixtures import write_encoder
 
 EXAMPLE_FACE = Path(__file__).resolve().parents[1] / "examples" / "images" / "happiness_1.jpg"
 
@@ -24,19 +22,9 @@ def raw_face(seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).uniform(0.2, 0.8, (478, 3)).astype(np.float32)
 
 
-def tiny_encoder(directory: Path) -> Path:
-    """A tiny classify-objective LandmarkEncoder checkpoint (random weights, no alignment)."""
-    backbone = PointMLPConfig(embed_dim=8, dim_expansion=[2], pre_blocks=[1], pos_blocks=[1], k_neighbors=[4],
-                              reducers=[4], feature_dim=16, head_hidden_dim=16)
-    config = LandmarkEncoderConfig(backbone=dataclasses.asdict(backbone), objective="classify",
-                                   normalizer=Normalizer(align=False).to_dict())
-    torch.manual_seed(0)
-    return LandmarkEncoder(config).save_pretrained(directory)
-
-
 @pytest.fixture(scope="module")
 def encoder_dir(tmp_path_factory):
-    return tiny_encoder(tmp_path_factory.mktemp("encoder"))
+    return write_encoder(tmp_path_factory.mktemp("encoder"))
 
 
 def test_npy_inputs_and_their_errors(tmp_path):
