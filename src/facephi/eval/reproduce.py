@@ -191,7 +191,9 @@ class Reproduction:
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
         self.out.mkdir(parents=True, exist_ok=True)
-        write_json(self.out / "config.json", dataclasses.asdict(self.config))
+        write_json(self.out / "config.json", {
+            **dataclasses.asdict(self.config), "encoder_preset": ENCODER_PRESETS[self.config.preset],
+            "stage_preset_changes": STAGE_PRESETS[self.config.preset]})
         write_json(self.out / "run.json", run_info(self.config.seed))
         self._baselines()
 
