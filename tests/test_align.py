@@ -171,3 +171,15 @@ def test_objectives_reduce_the_loss_in_a_few_steps(tiny_data):
             objective.after_step(model)
             losses.append(loss.item())
         assert losses[-1] < 0.8 * losses[0], (objective.name, losses)
+
+
+def test_carved_splits_do_not_depend_on_the_training_seed(tmp_path):
+    from facephi.landmarks.store import LandmarkSet
+    from facephi.train.align import AlignConfig, split_indices
+
+    data = write_landmark_set(tmp_path / "data", per_split=(("train", 60),))
+    landmark_set = LandmarkSet.load(data)
+    splits = [split_indices(landmark_set, AlignConfig(data=str(data), out="x", seed=seed, batch_size=8))
+              for seed in (0, 5)]
+    assert all(np.array_equal(splits[0][k], splits[1][k]) for k in ("train", "valid", "test"))
+    assert np.array_equal(splits[0]["test"], landmark_set.standard_splits()["test"])

@@ -160,8 +160,7 @@ class Reproduction:
     def evaluate(self, name: str, build: Callable[[], tuple[str, Any]]) -> dict[str, Any]:
         """Evaluate one row into ``RUN/eval/<name>`` (reusing a finished evaluation)."""
         from facephi.eval.evaluate import EvalResult, evaluate_encoder, evaluate_model
-        from facephi.landmarks.store import LandmarkSet
-        from facephi.train.runner import SPLIT_SEED
+        from facephi.landmarks.store import SPLIT_SEED, LandmarkSet
 
         out = self.out / "eval" / name
         try:
@@ -223,8 +222,7 @@ class Reproduction:
         """Chance and the train majority class, scored on the same test samples."""
         from facephi.eval.evaluate import select_indices
         from facephi.eval.metrics import compute_metrics
-        from facephi.landmarks.store import LandmarkSet
-        from facephi.train.runner import SPLIT_SEED
+        from facephi.landmarks.store import SPLIT_SEED, LandmarkSet
 
         landmark_set = LandmarkSet.load(self.config.data)
         test = select_indices(landmark_set, "test", self.config.eval_limit, self.config.seed, SPLIT_SEED)

@@ -14,6 +14,9 @@ from facephi.utils.errors import FacePhiError
 
 CARVE_FRACTION = 0.1
 """Fraction of ``train`` carved out for each missing standard split (``valid``, ``test``)."""
+SPLIT_SEED = 0
+"""Seed of the carved splits for every facephi command, whatever the training seed, so that a
+test part carved from ``train`` never leaks into an encoder's or an LLM's training."""
 
 
 @dataclass
@@ -73,7 +76,7 @@ class LandmarkSet:
         """Sample indices of one split (int64, ascending)."""
         return np.flatnonzero(self.splits == split).astype(np.int64)
 
-    def standard_splits(self, seed: int = 0) -> dict[str, np.ndarray]:
+    def standard_splits(self, seed: int = SPLIT_SEED) -> dict[str, np.ndarray]:
         """Train / valid / test indices.
 
         The dataset's own splits are used where present. When ``valid`` or ``test`` is missing, a

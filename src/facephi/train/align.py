@@ -147,7 +147,7 @@ def split_indices(landmark_set: Any, config: AlignConfig) -> dict[str, np.ndarra
     """Labelled, finite samples of the standard train/valid/test splits; ``limit_*`` keep a seeded
     random subset of a split (independent of the other splits' limits)."""
     usable = (landmark_set.labels >= 0) & np.isfinite(landmark_set.landmarks).all(axis=(1, 2))
-    splits = landmark_set.standard_splits(seed=config.seed)
+    splits = landmark_set.standard_splits()  # the same split for every seed and command
     out: dict[str, np.ndarray] = {}
     for number, name in enumerate(("train", "valid", "test")):
         indices = np.asarray(splits.get(name, []), dtype=np.int64)

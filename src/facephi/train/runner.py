@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from facephi.landmarks.store import SPLIT_SEED
 from facephi.train.presets import TrainConfig
 from facephi.train.stages import FINAL_DIR, StageResult, balanced_subset, train_stage
 from facephi.utils.errors import FacePhiError
@@ -25,8 +26,6 @@ from facephi.utils.runinfo import seed_everything
 
 logger = logging.getLogger(__name__)
 
-SPLIT_SEED = 0
-"""Seed of ``LandmarkSet.standard_splits`` for every FacePhi command."""
 
 
 def load_stage_model(config: TrainConfig, encoder: str | Path | None = None, init: str | Path | None = None,
