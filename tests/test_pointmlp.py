@@ -125,3 +125,18 @@ def test_split_transfer_equals_pointmlp_concatenation():
     reference = torch.relu(pre.transfer.norm((concatenated @ weight.T).reshape(-1, 6)))
     expected = reference.reshape(2, 3, 7, 6).amax(dim=2)
     assert torch.allclose(pre(grouped, anchors), expected, atol=1e-6)
+
+
+def test_point_embedding_tells_landmarks_apart():
+    """Without it the encoder is a set function of the points; with it, landmark order matters."""
+    torch.manual_seed(0)
+    points = torch.rand(2, 40, 3) * 2 - 1
+    plain = PointMLPEncoder(_tiny_config()).eval()
+    indexed = PointMLPEncoder(_tiny_config(point_embedding=True)).eval()
+    assert indexed.point_embedding.shape == (40, 8)
+    assert "point_embedding" not in dict(plain.named_parameters())
+    with torch.no_grad():
+        # FPS starts at index 0, so keep point 0 in place for the permutation-invariance check
+        order = torch.cat([torch.zeros(1, dtype=torch.long), torch.randperm(39) + 1])
+        assert torch.allclose(plain(points), plain(points[:, order]), atol=1e-5)
+        assert not torch.allclose(indexed(points), indexed(points[:, order]), atol=1e-3)

@@ -44,6 +44,10 @@ class PointMLPConfig:
     reducers: list[int] = field(default_factory=lambda: [2, 2, 2, 2])
     normalize: str = "anchor"  # geometric affine normalisation around the "anchor" or "center"
     use_xyz: bool = False  # also concatenate neighbour coordinates (reference presets: no)
+    # Landmark extension (not in PointMLP): a learned embedding per landmark index, added to the
+    # point embedding, so features know *which* landmark they come from (MediaPipe's 478 points
+    # have a fixed order; the mirror augmentation keeps it).
+    point_embedding: bool = False
     bias: bool = False
     activation: str = "relu"
     feature_dim: int = 256
@@ -203,6 +207,9 @@ class PointMLPEncoder(nn.Module):
         super().__init__()
         self.config = config = config or PointMLPConfig()
         self.embedding = PointwiseMLP(config.in_channels, config.embed_dim, config.bias, config.activation)
+        if config.point_embedding:
+            self.point_embedding = nn.Parameter(torch.zeros(config.num_points, config.embed_dim))
+            nn.init.normal_(self.point_embedding, std=0.5)
         self.groupers = nn.ModuleList()
         self.pre_blocks = nn.ModuleList()
         self.pos_blocks = nn.ModuleList()
@@ -233,7 +240,8 @@ class PointMLPEncoder(nn.Module):
                 f"got {list(points.shape)}"
             )
         xyz = points[..., :3]
-        x = self.embedding(points)  # [B, N, D]
+        # the per-landmark embedding is added before the embedding's normalisation
+        x = self.embedding(points, shift=self.point_embedding if self.config.point_embedding else None)
         for grouper, pre, pos in zip(self.groupers, self.pre_blocks, self.pos_blocks):
             xyz, grouped, anchors = grouper(xyz, x)  # [B, S, 3], [B, S, k, D], [B, S, D]
             x = pos(pre(grouped, anchors))  # [B, S, D']

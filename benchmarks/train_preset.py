@@ -1,0 +1,133 @@
+"""Time the two LLM training stages of a `facephi train` preset end to end, then score the model.
+
+    python benchmarks/train_preset.py --data data/ferplus --encoder runs/enc/align \
+        --run runs/train-cpu --out benchmarks/results/train_cpu.md [--preset cpu] [--threads 2]
+
+Stage 1 (projector) and stage 2 (LLM) run exactly as `facephi train --preset PRESET` would, with
+the embedded LLM unless `--llm` is given; each stage's wall time covers everything the command
+does (loading the LLM and the data, training, the valid loss, checkpoints). The final model is
+then scored on a seeded subset of Test (`--eval-limit`, keyword matching as `facephi eval`).
+A finished stage is not re-run (its recorded timing is reused), so the script continues an
+interrupted measurement; the timing of a resumed stage is marked as such.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+
+def run_timed_stage(stage: int, args, source: dict[str, str]) -> dict:
+    """Run one stage into ``RUN/stage{N}`` unless finished; return its timing record."""
+    from facephi.train.presets import preset
+    from facephi.train.runner import run_stage
+    from facephi.train.stages import FINAL_DIR
+    from facephi.utils.io import read_json, write_json
+
+    run_dir = Path(args.run) / f"stage{stage}"
+    timing_path = Path(args.run) / f"stage{stage}_timing.json"
+    if (run_dir / FINAL_DIR / "config.json").is_file() and timing_path.is_file():
+        return read_json(timing_path)
+    resumed = (run_dir / "config.json").is_file()
+    config = preset(args.preset, stage).override(num_threads=args.threads, seed=args.seed,
+                                                 limit_train=args.limit_train)
+    started = time.perf_counter()
+    result = run_stage(config, args.data, run_dir, resume=resumed, progress=not args.no_progress, **source)
+    seconds = time.perf_counter() - started
+    if not result.finished:
+        raise SystemExit(f"{run_dir}: stage {stage} did not finish")
+    metrics = read_json(run_dir / "metrics.json")
+    record = {"stage": stage, "command_seconds": seconds, "resumed": resumed,
+              "train_seconds": metrics.get("train_seconds"), "samples_seen": metrics.get("samples_seen"),
+              "samples_per_second": metrics.get("samples_per_second"), "config": config.to_dict()}
+    write_json(timing_path, record)
+    return record
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", required=True, help="extracted landmark set")
+    parser.add_argument("--encoder", required=True, help="landmark encoder checkpoint (facephi align)")
+    parser.add_argument("--run", required=True, help="folder for the two stage runs")
+    parser.add_argument("--out", required=True, help="markdown results file")
+    parser.add_argument("--preset", default="cpu", choices=("cpu", "paper"))
+    parser.add_argument("--llm", default=None, help="LLM name or path (default: embedded SmolLM2)")
+    parser.add_argument("--limit-train", type=int, default=None, help="override the preset's subset size")
+    parser.add_argument("--eval-limit", type=int, default=1000, help="Test faces to score (0: all)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args()
+
+    import torch
+
+    from facephi.eval.evaluate import EvalResult, evaluate_model
+    from facephi.landmarks.store import SPLIT_SEED, LandmarkSet
+    from facephi.model.facephi import FacePhiModel
+    from facephi.train.stages import FINAL_DIR
+    from facephi.utils.errors import FacePhiError
+    from facephi.utils.io import write_text
+
+    torch.set_num_threads(args.threads)
+    stage1 = run_timed_stage(1, args, {"encoder": args.encoder, "llm": args.llm})
+    stage2 = run_timed_stage(2, args, {"init": str(Path(args.run) / "stage1" / FINAL_DIR)})
+
+    eval_dir = Path(args.run) / "eval"
+    try:
+        metrics = EvalResult.load(eval_dir).metrics.to_dict()
+    except FacePhiError:
+        model = FacePhiModel.from_pretrained(Path(args.run) / "stage2" / FINAL_DIR)
+        started = time.perf_counter()
+        result = evaluate_model(model, model.formatter, LandmarkSet.load(args.data), split="test",
+                                limit=args.eval_limit or None, seed=args.seed, split_seed=SPLIT_SEED,
+                                out_dir=eval_dir, progress=not args.no_progress)
+        metrics = {**result.metrics.to_dict(), "eval_seconds": time.perf_counter() - started}
+        (eval_dir / "eval_seconds.txt").write_text(f"{metrics['eval_seconds']:.1f}\n")
+
+    total = stage1["command_seconds"] + stage2["command_seconds"]
+    lines = [
+        f"# `facephi train --preset {args.preset}`: stage 1 + stage 2, timed end to end",
+        "",
+        f"Command: `python benchmarks/train_preset.py {' '.join(sys.argv[1:])}`",
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch threads = {args.threads}; "
+        f"torch {torch.__version__}. LLM: {args.llm or 'embedded SmolLM2-135M-Instruct'}; "
+        f"encoder: `{args.encoder}`.",
+        "",
+        "| stage | training samples | settings | command wall time | training loop | samples/s |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for record in (stage1, stage2):
+        config = record["config"]
+        lines.append(
+            f"| {record['stage']}{' (resumed)' if record['resumed'] else ''} | {record['samples_seen']} | "
+            f"batch {config['batch_size']}, {config['epochs']} epoch(s), lr {config['lr']:g} | "
+            f"{record['command_seconds'] / 60:.1f} min | {record['train_seconds'] / 60:.1f} min | "
+            f"{record['samples_per_second']:.2f} |")
+    lines += [
+        f"| **both** | | | **{total / 60:.1f} min** | | |",
+        "",
+        f"Final model on {metrics.get('n')} Test faces (keyword matching, greedy): accuracy "
+        f"{100 * metrics['accuracy']:.1f} %, macro recall {100 * metrics['balanced_accuracy']:.1f} %, "
+        f"macro-F1 {100 * metrics['macro_f1']:.1f} %, answers naming no emotion "
+        f"{100 * metrics['miss_rate']:.1f} %.",
+        "",
+        "Stage settings (resolved):",
+        "",
+        "```json",
+        json.dumps({"stage1": stage1["config"], "stage2": stage2["config"]}, indent=2),
+        "```",
+        "",
+    ]
+    write_text(args.out, "\n".join(lines))
+    print(Path(args.out).read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
