@@ -132,7 +132,7 @@ def test_cli_runs_both_stages_and_reports_bad_paths(tmp_path, capsys):
                  "--out", str(tmp_path / "run1"), *common]) == 0
     config = json.loads((tmp_path / "run1" / "config.json").read_text())
     assert config["sources"]["train_class_counts"] == [2] * 8 and config["data"]["valid_samples"] == 4
-    assert config["train"]["batch_size"] == 4 and config["train"]["limit_train"] == 8000  # cpu preset kept
+    assert config["train"]["batch_size"] == 4 and config["train"]["limit_train"] == 4000  # cpu preset kept
 
     # Bad inputs: one-line errors, exit status 2, no traceback.
     bad = {

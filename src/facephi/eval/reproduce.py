@@ -36,8 +36,6 @@ logger = logging.getLogger(__name__)
 ENCODER_PRESETS: dict[str, dict[str, Any]] = {
     # The paper's alignment settings (AdamW, lr 2e-5, 20 epochs, batch 64), for both objectives.
     "paper": {"encoder": "pointmlp", "epochs": 20, "batch_size": 64, "lr": 2e-5},
-    # CPU budget: the small PointMLP variant, fewer epochs at a higher learning rate (2e-5 does
-    # not converge in a few epochs), cosine decay. See benchmarks/results/encoder.md.
     # CPU budget (about 10 min per encoder on 2 cores): PointMLP-elite with 8 neighbours, two
     # epochs over 12,000 training faces at a higher learning rate with cosine decay (2e-5 does
     # not converge in so few steps). See benchmarks/results/encoder.md.

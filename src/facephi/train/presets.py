@@ -123,25 +123,17 @@ def paper_preset(stage: int) -> TrainConfig:
 
 
 def cpu_preset(stage: int) -> TrainConfig:
-    """Paper batch sizes and learning rates on a class-balanced 8,000-sample subset, 1 epoch.
+    """Paper batch sizes and learning rates on a class-balanced 4,000-sample subset, 1 epoch.
 
-    Budget on the reference machine (2 CPU cores, SmolLM2-135M, sequences of ~94 tokens,
-    LM head applied to answer positions only), measured per training sample:
-    stage 1 ≈ 0.172 s, stage 2 (full fine-tuning) ≈ 0.272 s. Hence
-
-    - stage 1: 8,000 × 0.172 s ≈ 23 min (166 steps of 48),
-    - stage 2: 8,000 × 0.272 s ≈ 36 min (250 steps of 32),
-    - valid loss on 256 samples before and after each stage (forward only) + model loading +
-      checkpoints ≈ 3 min,
-
-    ≈ 62 min for both stages, half the 2 h target, which leaves room for a busy machine
-    (another process on the 2 cores can slow training several-fold) or for ``facephi
-    reproduce`` training a second encoder variant. No gradient accumulation: peak memory is
-    ≈ 5–8 GB. The subset is balanced so that the rare FER+ classes (contempt, disgust, fear)
-    are all kept; the remainder is spread evenly over the frequent classes.
+    Sized to finish both stages well inside 2 h on 2 CPU cores with SmolLM2-135M; the time
+    measured end to end (LLM loading, training, valid loss, checkpoints) is in
+    ``benchmarks/results/train_cpu.md`` (``benchmarks/train_preset.py``). Another process on the
+    2 cores can slow training several-fold, hence the margin. No gradient accumulation: peak
+    memory is ≈ 5–8 GB. The subset is balanced so that the rare FER+ classes (contempt, disgust,
+    fear) are all kept; the remainder is spread evenly over the frequent classes.
     """
     base = paper_preset(stage)
-    return base.override(grad_accum=1, epochs=1, limit_train=8000, limit_valid=256,
+    return base.override(grad_accum=1, epochs=1, limit_train=4000, limit_valid=256,
                          save_every=50, num_threads=2, mixed_precision="no")
 
 
