@@ -125,10 +125,12 @@ def paper_preset(stage: int) -> TrainConfig:
 def cpu_preset(stage: int) -> TrainConfig:
     """Paper batch sizes and learning rates on a class-balanced 4,000-sample subset, 1 epoch.
 
-    Sized to finish both stages well inside 2 h on 2 CPU cores with SmolLM2-135M; the time
-    measured end to end (LLM loading, training, valid loss, checkpoints) is in
-    ``benchmarks/results/train_cpu.md`` (``benchmarks/train_preset.py``). Another process on the
-    2 cores can slow training several-fold, hence the margin. No gradient accumulation: peak
+    Sized to finish both stages well inside 2 h on 2 CPU cores with SmolLM2-135M. Measured end to
+    end on 2 idle cores (LLM loading, training, valid loss, checkpoints; ``benchmarks/
+    train_preset.py``, results in ``benchmarks/results/train_cpu.md``): stage 1 11.9 min
+    (0.17 s/sample), stage 2 20.6 min (0.30 s/sample), 32.5 min in all. Another process on the
+    2 cores can slow training several-fold, hence the margin; ``--limit-train 8000`` would take
+    ≈ 1.1 h on idle cores. No gradient accumulation: peak
     memory is ≈ 5–8 GB. The subset is balanced so that the rare FER+ classes (contempt, disgust,
     fear) are all kept; the remainder is spread evenly over the frequent classes.
     """
