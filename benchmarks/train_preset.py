@@ -82,12 +82,10 @@ def main() -> int:
         metrics = EvalResult.load(eval_dir).metrics.to_dict()
     except FacePhiError:
         model = FacePhiModel.from_pretrained(Path(args.run) / "stage2" / FINAL_DIR)
-        started = time.perf_counter()
         result = evaluate_model(model, model.formatter, LandmarkSet.load(args.data), split="test",
                                 limit=args.eval_limit or None, seed=args.seed, split_seed=SPLIT_SEED,
                                 out_dir=eval_dir, progress=not args.no_progress)
-        metrics = {**result.metrics.to_dict(), "eval_seconds": time.perf_counter() - started}
-        (eval_dir / "eval_seconds.txt").write_text(f"{metrics['eval_seconds']:.1f}\n")
+        metrics = result.metrics.to_dict()
 
     total = stage1["command_seconds"] + stage2["command_seconds"]
     lines = [
