@@ -66,6 +66,7 @@ def main() -> None:
             subset.append(r.path)
     n = len(subset)
 
+    load = os.getloadavg()[0]  # 1-minute load average before any timing
     bare_s, bare_found = bare_mesh_seconds(args.source, subset)
     t1, manifest1 = timed_extract(args.source, args.per_split, workers=1)
     t2, manifest2 = timed_extract(args.source, args.per_split, workers=2)
@@ -76,7 +77,7 @@ def main() -> None:
         "# `facephi extract` benchmark (FER+)",
         "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores "
-        f"(shared with other jobs while measuring: timings are indicative), "
+        f"(load average {load:.1f} when the timing started), "
         f"mediapipe {package_versions(('mediapipe',))['mediapipe']}. "
         f"Command: `python benchmarks/extract.py --per-split {args.per_split}"
         + (f" --manifest {args.manifest}`." if args.manifest else "`."),
