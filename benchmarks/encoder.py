@@ -118,9 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _settings(run_dir: Path) -> str:
-    """One line describing how the encoder in ``run_dir`` was trained (from its ``run.json``)."""
-    config = json.loads((run_dir / "run.json").read_text())["config"]
+def _settings(config: dict) -> str:
+    """One line describing how an encoder was trained, from the ``config`` of its ``run.json``."""
     weights = f", {config['class_weights']} class weights" if config["objective"] == "classify" else ""
     return (f"encoder {config['encoder']} {json.dumps(config['encoder_options'])}, AdamW lr {config['lr']:g} "
             f"({config['lr_schedule']}), {config['epochs']} epoch(s) over "
@@ -144,21 +143,22 @@ def write_report(path: Path, args, results: dict, baseline: dict, sizes: dict, r
         return (f"| {name} (C={row['C']:g}) | {row[split].accuracy:.3f} | {row[split].balanced_accuracy:.3f} | "
                 f"{row['seconds']:.0f} s (grid) | – |")
 
-    run = json.loads((runs / "align" / "run.json").read_text())
-    classify_weights = json.loads((runs / "classify" / "run.json").read_text())["config"]["class_weights"]
+    run_info = {objective: json.loads((runs / objective / "run.json").read_text())
+                for objective in ("align", "classify")}
     lines = [
         "# Landmark encoder benchmark on FER+",
         "",
         f"Command: `python benchmarks/encoder.py {' '.join(sys.argv[1:])}`",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch threads = {args.threads}; torch {run['versions'].get('torch')}.",
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
+        f"torch threads = {args.threads}; torch {run_info['align']['versions'].get('torch')}.",
         f"Samples: train {sizes['train']} (encoders: {align['split_sizes']['train']}), valid {sizes['valid']} "
         f"(encoder selection: {align['split_sizes']['valid']}), test {sizes['test']} of {sizes['test_full']}.",
         "",
         "Settings versus the paper (AdamW, lr 2e-5, 20 epochs, batch 64, full PointMLP, full data), as each "
         "encoder's `run.json` records them (every deviation is forced by the CPU budget, see the notes below):",
         "",
-        *[f"- {objective}: {_settings(runs / objective)}" for objective in ("align", "classify")],
+        *[f"- {objective}: {_settings(info['config'])}" for objective, info in run_info.items()],
         "",
         "Test accuracy and balanced accuracy (macro recall); epochs / C chosen on Valid.",
         "",
@@ -166,8 +166,8 @@ def write_report(path: Path, args, results: dict, baseline: dict, sizes: dict, r
         "|---|---|---|---|---|",
         enc_row("(a) aligned encoder, zero-shot", align, "accuracy", "balanced_accuracy"),
         enc_row("(b) linear probe on aligned features", align, "probe_accuracy", "probe_balanced_accuracy"),
-        enc_row(f"(c) classification encoder ({classify_weights} class weights)", classify, "accuracy",
-                "balanced_accuracy"),
+        enc_row(f"(c) classification encoder ({run_info['classify']['config']['class_weights']} class weights)",
+                classify, "accuracy", "balanced_accuracy"),
         enc_row("(c') linear probe on classification features", classify, "probe_accuracy", "probe_balanced_accuracy"),
         lr_row("(d) logistic regression, flattened landmarks", baseline["none"], "test"),
         lr_row("(d) same, balanced class weights", baseline["balanced"], "test"),

@@ -127,5 +127,16 @@ def main() -> int:
     return 0
 
 
+def cli() -> int:
+    """``main`` with facephi's input errors as one line on stderr and exit status 2."""
+    from facephi.utils.errors import FacePhiError
+
+    try:
+        return main()
+    except FacePhiError as exc:
+        print(f"train_preset.py: error: {exc}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

@@ -130,9 +130,9 @@ def cpu_preset(stage: int) -> TrainConfig:
     train_preset.py``, results in ``benchmarks/results/train_cpu.md``): stage 1 11.9 min
     (0.17 s/sample), stage 2 20.6 min (0.30 s/sample), 32.5 min in all. Another process on the
     2 cores can slow training several-fold, hence the margin; ``--limit-train 8000`` would take
-    ≈ 1.1 h on idle cores. No gradient accumulation: peak
-    memory is ≈ 5–8 GB. The subset is balanced so that the rare FER+ classes (contempt, disgust,
-    fear) are all kept; the remainder is spread evenly over the frequent classes.
+    ≈ 1.1 h on idle cores. No gradient accumulation: peak memory is ≈ 5–8 GB. The subset is
+    balanced so that the rare FER+ classes (contempt, disgust, fear) are all kept; the remainder
+    is spread evenly over the frequent classes.
     """
     base = paper_preset(stage)
     return base.override(grad_accum=1, epochs=1, limit_train=4000, limit_valid=256,
