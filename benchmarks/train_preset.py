@@ -18,35 +18,40 @@ import json
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 
 
-def run_timed_stage(stage: int, args, source: dict[str, str]) -> dict:
-    """Run one stage into ``RUN/stage{N}`` unless finished; return its timing record."""
+def timed_stages(args) -> list[dict]:
+    """Run (or continue) both stages into ``RUN/stage{1,2}``; return each stage's timing record.
+
+    A stage's timing is written to ``RUN/stage{N}_timing.json`` as soon as it finishes; a stage
+    finished by an earlier call keeps the timing recorded then.
+    """
     from facephi.train.presets import preset
-    from facephi.train.runner import run_stage
-    from facephi.train.stages import FINAL_DIR
+    from facephi.train.runner import StageRun, run_both_stages
+    from facephi.utils.errors import FacePhiError
     from facephi.utils.io import read_json, write_json
 
-    run_dir = Path(args.run) / f"stage{stage}"
-    timing_path = Path(args.run) / f"stage{stage}_timing.json"
-    if (run_dir / FINAL_DIR / "config.json").is_file() and timing_path.is_file():
-        return read_json(timing_path)
-    resumed = (run_dir / "config.json").is_file()
-    config = preset(args.preset, stage).override(num_threads=args.threads, seed=args.seed,
-                                                 limit_train=args.limit_train)
-    started = time.perf_counter()
-    result = run_stage(config, args.data, run_dir, resume=resumed, progress=not args.no_progress, **source)
-    seconds = time.perf_counter() - started
-    if not result.finished:
-        raise SystemExit(f"{run_dir}: stage {stage} did not finish")
-    metrics = read_json(run_dir / "metrics.json")
-    record = {"stage": stage, "command_seconds": seconds, "resumed": resumed,
-              "train_seconds": metrics.get("train_seconds"), "samples_seen": metrics.get("samples_seen"),
-              "samples_per_second": metrics.get("samples_per_second"), "config": config.to_dict()}
-    write_json(timing_path, record)
-    return record
+    def configs(stage: int):
+        return preset(args.preset, stage).override(num_threads=args.threads, seed=args.seed,
+                                                   limit_train=args.limit_train)
+
+    def record_timing(run: StageRun) -> None:
+        timing_path = Path(args.run) / f"stage{run.stage}_timing.json"
+        if run.seconds is None and timing_path.is_file():
+            return
+        if run.seconds is None:
+            raise FacePhiError(f"{run.run_dir}: finished earlier but {timing_path} is missing; "
+                             "its time cannot be reported (remove the run to measure it again)")
+        metrics = read_json(run.run_dir / "metrics.json")
+        write_json(timing_path, {
+            "stage": run.stage, "command_seconds": run.seconds, "resumed": run.resumed,
+            "train_seconds": metrics.get("train_seconds"), "samples_seen": metrics.get("samples_seen"),
+            "samples_per_second": metrics.get("samples_per_second"), "config": run.config.to_dict()})
+
+    run_both_stages(configs, args.data, args.run, encoder=args.encoder, llm=args.llm,
+                    progress=not args.no_progress, on_stage_done=record_timing)
+    return [read_json(Path(args.run) / f"stage{stage}_timing.json") for stage in (1, 2)]
 
 
 def main() -> int:
@@ -70,22 +75,19 @@ def main() -> int:
     from facephi.landmarks.store import SPLIT_SEED, LandmarkSet
     from facephi.model.facephi import FacePhiModel
     from facephi.train.stages import FINAL_DIR
-    from facephi.utils.errors import FacePhiError
     from facephi.utils.io import write_text
 
     torch.set_num_threads(args.threads)
-    stage1 = run_timed_stage(1, args, {"encoder": args.encoder, "llm": args.llm})
-    stage2 = run_timed_stage(2, args, {"init": str(Path(args.run) / "stage1" / FINAL_DIR)})
+    stage1, stage2 = timed_stages(args)
 
     eval_dir = Path(args.run) / "eval"
-    try:
-        metrics = EvalResult.load(eval_dir).metrics.to_dict()
-    except FacePhiError:
+    result = EvalResult.load_if_finished(eval_dir)
+    if result is None:
         model = FacePhiModel.from_pretrained(Path(args.run) / "stage2" / FINAL_DIR)
         result = evaluate_model(model, model.formatter, LandmarkSet.load(args.data), split="test",
                                 limit=args.eval_limit or None, seed=args.seed, split_seed=SPLIT_SEED,
                                 out_dir=eval_dir, progress=not args.no_progress)
-        metrics = result.metrics.to_dict()
+    metrics = result.metrics.to_dict()
 
     total = stage1["command_seconds"] + stage2["command_seconds"]
     lines = [

@@ -168,3 +168,33 @@ def test_stage2_lora_trains_only_the_adapter_and_resumes(tmp_path):
     assert lora and frozen.keys() == base.keys() and _same(frozen, base)  # the base LLM is untouched
     assert any(bool(after[k].any()) for k in lora if "lora_B" in k)  # lora_B starts at zero: it was trained
     assert (tmp_path / "run" / "final" / "adapter").is_dir()
+
+
+def test_run_both_stages_chains_and_continues_after_a_stop(tmp_path):
+    from facephi.train.runner import run_both_stages
+
+    data = write_landmark_set(tmp_path / "data", {"train": 16, "valid": 8, "test": 8})
+    encoder, llm = write_encoder(tmp_path / "encoder"), write_llm(tmp_path / "llm")
+
+    def configs(stage: int) -> TrainConfig:
+        return tiny_config(stage, max_steps=1, limit_train=4, limit_valid=4, max_length=96)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_stage1(run) -> None:
+        raise Stop
+
+    with pytest.raises(Stop):
+        run_both_stages(configs, data, tmp_path / "run", encoder=encoder, llm=str(llm), progress=False,
+                        on_stage_done=stop_after_stage1)
+    assert (tmp_path / "run" / "stage1" / "final").is_dir() and not (tmp_path / "run" / "stage2").exists()
+
+    seen = []
+    runs = run_both_stages(configs, data, tmp_path / "run", encoder=encoder, llm=str(llm), progress=False,
+                           on_stage_done=seen.append)
+    assert [r.stage for r in seen] == [1, 2] and runs == seen
+    assert runs[0].seconds is None and runs[1].seconds > 0  # stage 1 reused, stage 2 trained
+    stage2 = json.loads((tmp_path / "run" / "stage2" / "config.json").read_text())
+    assert stage2["sources"]["init"] == str(runs[0].model_dir.resolve())
+    assert (runs[1].model_dir / "config.json").is_file()

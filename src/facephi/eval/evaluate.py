@@ -69,6 +69,14 @@ class EvalResult:
         records = _read_jsonl(predictions_path)
         return cls(ClassificationMetrics.from_dict(data), records, settings, seconds, out_dir)
 
+    @classmethod
+    def load_if_finished(cls, out_dir: str | Path) -> "EvalResult | None":
+        """:meth:`load`, or ``None`` when ``out_dir`` holds no finished evaluation (to resume a run)."""
+        try:
+            return cls.load(out_dir)
+        except FacePhiError:
+            return None
+
 
 def choose_instruction(index: int, policy: str = "random", seed: int = 0) -> str:
     """The instruction asked for sample ``index`` under ``policy`` (see the module docstring)."""

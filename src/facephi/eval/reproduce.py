@@ -132,28 +132,14 @@ class Reproduction:
     def llm_stages(self, objective: str, encoder_dir: Path) -> Path:
         """Stage 1 then stage 2 on top of ``encoder_dir``; returns the stage-2 model folder."""
         from facephi.train.presets import preset
-        from facephi.train.runner import run_stage
-        from facephi.train.stages import FINAL_DIR
+        from facephi.train.runner import run_both_stages
 
-        base = self.out / "llm" / objective
-        previous: Path | None = None
-        for stage in (1, 2):
-            run_dir = base / f"stage{stage}"
-            if not (run_dir / FINAL_DIR / "config.json").is_file():
-                changes = {"seed": self.config.seed, "num_threads": self.config.threads,
-                           **STAGE_PRESETS[self.config.preset], **self.config.stage_overrides}
-                config = preset(self.config.preset, stage).override(**changes)
-                result = run_stage(
-                    config, self.config.data, run_dir, resume=(run_dir / "config.json").is_file(),
-                    progress=self.config.progress,
-                    **({"encoder": encoder_dir, "llm": self.config.llm, "gguf_file": self.config.gguf_file}
-                       if stage == 1 else {"init": previous}),
-                )
-                if not result.finished:
-                    raise FacePhiError(f"{run_dir}: stage {stage} did not finish")
-            previous = run_dir / FINAL_DIR
-        assert previous is not None
-        return previous
+        changes = {"seed": self.config.seed, "num_threads": self.config.threads,
+                   **STAGE_PRESETS[self.config.preset], **self.config.stage_overrides}
+        runs = run_both_stages(lambda stage: preset(self.config.preset, stage).override(**changes),
+                               self.config.data, self.out / "llm" / objective, encoder=encoder_dir,
+                               llm=self.config.llm, gguf_file=self.config.gguf_file, progress=self.config.progress)
+        return runs[-1].model_dir
 
     def evaluate(self, name: str, build: Callable[[], tuple[str, Any]]) -> dict[str, Any]:
         """Evaluate one row into ``RUN/eval/<name>`` (reusing a finished evaluation)."""
@@ -161,10 +147,9 @@ class Reproduction:
         from facephi.landmarks.store import SPLIT_SEED, LandmarkSet
 
         out = self.out / "eval" / name
-        try:
-            return EvalResult.load(out).metrics.to_dict()
-        except FacePhiError:
-            pass
+        finished = EvalResult.load_if_finished(out)
+        if finished is not None:
+            return finished.metrics.to_dict()
         kind, model = build()
         common = {"split": "test", "seed": self.config.seed, "limit": self.config.eval_limit, "out_dir": out,
                   "progress": self.config.progress, "split_seed": SPLIT_SEED}

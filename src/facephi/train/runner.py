@@ -12,8 +12,10 @@ seed, so a test split carved from ``train`` never leaks into training.
 from __future__ import annotations
 
 import logging
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -25,7 +27,6 @@ from facephi.utils.errors import FacePhiError
 from facephi.utils.runinfo import seed_everything
 
 logger = logging.getLogger(__name__)
-
 
 
 def load_stage_model(config: TrainConfig, encoder: str | Path | None = None, init: str | Path | None = None,
@@ -119,6 +120,51 @@ def run_stage(config: TrainConfig, data: str | Path, out: str | Path, *, encoder
                 len(valid_set) if valid_set is not None else 0)
     return train_stage(model, train_set, config, out, valid_set=valid_set, sources={**sources, **described},
                        resume=resume, stop_after=stop_after, progress=progress)
+
+
+@dataclass
+class StageRun:
+    """One stage of :func:`run_both_stages`: where its model is and what this call spent on it."""
+
+    stage: int
+    run_dir: Path
+    config: TrainConfig
+    seconds: float | None  # wall time of this call; None when the stage had finished before
+    resumed: bool  # continued from an interrupted run
+
+    @property
+    def model_dir(self) -> Path:
+        return self.run_dir / FINAL_DIR
+
+
+def run_both_stages(configs: Callable[[int], TrainConfig], data: str | Path, base: str | Path, *,
+                    encoder: str | Path, llm: str | None = None, gguf_file: str | None = None,
+                    progress: bool = True,
+                    on_stage_done: Callable[[StageRun], None] | None = None) -> list[StageRun]:
+    """Stage 1 into ``base/stage1``, then stage 2 from its final model into ``base/stage2``.
+
+    ``configs(stage)`` gives each stage's settings. A finished stage is reused, an interrupted one
+    resumed, so calling this again continues where a previous call stopped. ``on_stage_done`` is
+    called after each stage (e.g. to record its timing before the next stage starts).
+    """
+    runs: list[StageRun] = []
+    for stage in (1, 2):
+        run_dir = Path(base) / f"stage{stage}"
+        config = configs(stage)
+        if (run_dir / FINAL_DIR / "config.json").is_file():
+            runs.append(StageRun(stage, run_dir, config, seconds=None, resumed=False))
+        else:
+            resumed = (run_dir / "config.json").is_file()
+            sources = ({"encoder": encoder, "llm": llm, "gguf_file": gguf_file} if stage == 1
+                       else {"init": runs[0].model_dir})
+            started = time.perf_counter()
+            result = run_stage(config, data, run_dir, resume=resumed, progress=progress, **sources)
+            if not result.finished:
+                raise FacePhiError(f"{run_dir}: stage {stage} did not finish")
+            runs.append(StageRun(stage, run_dir, config, time.perf_counter() - started, resumed))
+        if on_stage_done is not None:
+            on_stage_done(runs[-1])
+    return runs
 
 
 def _existing(path: str | Path, flag: str) -> Path:
