@@ -146,6 +146,22 @@ def test_classify_with_balanced_weights_and_bad_arguments(tiny_data, tmp_path, c
     assert "--encoder pointmlp-elite" in capsys.readouterr().err
 
 
+def test_standardized_input_statistics_come_from_the_unaugmented_train_split(tiny_data, tmp_path):
+    from facephi.landmarks.store import LandmarkSet
+    from facephi.train.align import AlignConfig, split_indices
+
+    data, _ = tiny_data
+    out = tmp_path / "std"
+    assert main(["align", "--data", str(data), "--out", str(out), "--objective", "classify", "--epochs", "1",
+                 *TINY, "--encoder-option", "standardize_input=true"]) == 0
+    model = LandmarkEncoder.from_pretrained(out)
+    landmark_set = LandmarkSet.load(data)
+    train = split_indices(landmark_set, AlignConfig(data=str(data), out=str(out), batch_size=8))["train"]
+    points = torch.from_numpy(model.normalizer(landmark_set.landmarks[train], landmark_set.sizes[train]))
+    assert torch.allclose(model.backbone.input_mean, points.mean(0), atol=1e-6)
+    assert torch.allclose(model.backbone.input_std, points.std(0).clamp_min(points.std(0).mean() * 0.1), atol=1e-6)
+
+
 def test_objectives_reduce_the_loss_in_a_few_steps(tiny_data):
     from facephi.landmarks.store import LandmarkSet
     from facephi.model.encoder import LandmarkEncoderConfig

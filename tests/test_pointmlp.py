@@ -140,3 +140,46 @@ def test_point_embedding_tells_landmarks_apart():
         order = torch.cat([torch.zeros(1, dtype=torch.long), torch.randperm(39) + 1])
         assert torch.allclose(plain(points), plain(points[:, order]), atol=1e-5)
         assert not torch.allclose(indexed(points), indexed(points[:, order]), atol=1e-3)
+
+
+def test_standardized_input_uses_fitted_per_landmark_statistics():
+    torch.manual_seed(0)
+    mean_face = torch.rand(40, 3) * 2 - 1
+    train = mean_face + 0.01 * torch.randn(64, 40, 3)
+    model = PointMLPEncoder(_tiny_config(standardize_input=True)).eval()
+    assert model.embedding.linear.in_features == 6
+    model.fit_landmark_statistics(train)
+    assert torch.allclose(model.input_mean, train.mean(0)) and torch.allclose(model.input_std, train.std(0))
+    # the statistics are buffers: they travel with the state dict, and change the output
+    copy = PointMLPEncoder(_tiny_config(standardize_input=True)).eval()
+    with torch.no_grad():
+        before = copy(train[:4])
+        copy.load_state_dict(model.state_dict())
+        assert torch.equal(copy(train[:4]), model(train[:4])) and not torch.allclose(before, model(train[:4]))
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        model.fit_landmark_statistics(train[:, :10])
+    with pytest.raises(ValueError, match="standardize_input=True"):
+        PointMLPEncoder(_tiny_config()).fit_landmark_statistics(train)
+
+
+def test_template_grouping_fixes_the_groups_of_the_mean_face():
+    torch.manual_seed(0)
+    mean_face = torch.rand(40, 3) * 2 - 1
+    train = mean_face + 0.01 * torch.randn(64, 40, 3)
+    fixed = PointMLPEncoder(_tiny_config(grouping="template")).eval()
+    with pytest.raises(RuntimeError, match="no template yet"):
+        fixed(train[:2])
+    fixed.fit_landmark_statistics(train)
+    grouper = fixed.groupers[0]
+    center = train.mean(0)
+    assert grouper.anchor_index.tolist() == farthest_point_sample(center[None], grouper.groups)[0].tolist()
+    # the groups are fixed: on the mean face itself, the per-sample (dynamic) PointMLP agrees
+    dynamic = PointMLPEncoder(_tiny_config()).eval()
+    dynamic.load_state_dict(fixed.state_dict(), strict=False)
+    with torch.no_grad():
+        assert torch.allclose(fixed(center[None]), dynamic(center[None]), atol=1e-5)
+        # elsewhere the groups stay those of the mean face, whatever the sample's own geometry
+        moved = train[:2].flip(1)
+        assert not torch.allclose(fixed(moved), dynamic(moved), atol=1e-3)
+    with pytest.raises(ValueError, match="grouping"):
+        _tiny_config(grouping="fixed")

@@ -48,6 +48,15 @@ class PointMLPConfig:
     # point embedding, so features know *which* landmark they come from (MediaPipe's 478 points
     # have a fixed order; the mirror augmentation keeps it).
     point_embedding: bool = False
+    # Landmark extension: the embedding also sees each landmark's coordinates standardised by its
+    # own mean and std over the training faces (buffers set by ``fit_input_statistics``).
+    # Expressions are small deviations from the mean face, which raw [-1, 1] coordinates bury
+    # under the face's shape; grouping (FPS, kNN) still uses the raw coordinates.
+    standardize_input: bool = False
+    # Landmark extension: "template" picks each stage's anchors (FPS) and their kNN groups once, on
+    # the mean training face, so a group is the same landmarks in every face; "dynamic" (PointMLP)
+    # recomputes them per sample. Set by ``fit_landmark_statistics``.
+    grouping: str = "dynamic"
     bias: bool = False
     activation: str = "relu"
     feature_dim: int = 256
@@ -61,6 +70,8 @@ class PointMLPConfig:
             raise ValueError(f"pre_blocks and {', '.join(lists)} must be non-empty and of equal length")
         if self.normalize not in ("anchor", "center"):
             raise ValueError(f"normalize must be 'anchor' or 'center', got {self.normalize!r}")
+        if self.grouping not in ("dynamic", "template"):
+            raise ValueError(f"grouping must be 'dynamic' or 'template', got {self.grouping!r}")
         if self.activation not in _ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {self.activation!r}")
         points = self.num_points
@@ -148,24 +159,47 @@ class LocalGrouper(nn.Module):
     (:class:`PreExtraction` applies that concatenation inside its first layer).
     """
 
-    def __init__(self, channels: int, groups: int, k: int, use_xyz: bool, normalize: str) -> None:
+    def __init__(self, channels: int, groups: int, k: int, use_xyz: bool, normalize: str,
+                 template: bool = False) -> None:
         super().__init__()
         self.groups, self.k, self.use_xyz, self.normalize = groups, k, use_xyz, normalize
         affine_channels = channels + (3 if use_xyz else 0)
         self.affine_alpha = nn.Parameter(torch.ones(1, 1, 1, affine_channels))
         self.affine_beta = nn.Parameter(torch.zeros(1, 1, 1, affine_channels))
+        self.template = template
+        if template:  # -1 until set_template(): fixed anchors and groups, shared by every sample
+            self.register_buffer("anchor_index", torch.full((groups,), -1, dtype=torch.long))
+            self.register_buffer("neighbour_index", torch.full((groups, k), -1, dtype=torch.long))
+
+    @torch.no_grad()
+    def set_template(self, xyz: torch.Tensor) -> torch.Tensor:
+        """Fix anchors and groups from one template cloud ``[N, 3]``; returns the anchors' ``[S, 3]``."""
+        anchors = farthest_point_sample(xyz[None], self.groups)
+        anchor_xyz = gather_points(xyz[None], anchors)
+        self.anchor_index.copy_(anchors[0])
+        self.neighbour_index.copy_(knn(self.k, xyz[None], anchor_xyz)[0])
+        return anchor_xyz[0]
 
     def forward(
         self, xyz: torch.Tensor, features: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         batch = xyz.shape[0]
-        anchor_idx = farthest_point_sample(xyz, self.groups)  # [B, S]
-        anchor_xyz = gather_points(xyz, anchor_idx)  # [B, S, 3]
-        anchor_features = gather_points(features, anchor_idx)  # [B, S, C]
-        neighbour_idx = knn(self.k, xyz, anchor_xyz)  # [B, S, k]
-        grouped = gather_points(features, neighbour_idx)  # [B, S, k, C]
-        if self.use_xyz:
-            grouped = torch.cat([grouped, gather_points(xyz, neighbour_idx)], dim=-1)
+        if self.template:
+            if int(self.anchor_index[0]) < 0:
+                raise RuntimeError("PointMLP grouping='template' has no template yet: "
+                                   "call fit_landmark_statistics(training landmarks) first")
+            anchor_xyz, anchor_features = xyz[:, self.anchor_index], features[:, self.anchor_index]
+            grouped = features[:, self.neighbour_index]  # [B, S, k, C]
+            neighbour_xyz = xyz[:, self.neighbour_index] if self.use_xyz else None
+        else:
+            anchor_idx = farthest_point_sample(xyz, self.groups)  # [B, S]
+            anchor_xyz = gather_points(xyz, anchor_idx)  # [B, S, 3]
+            anchor_features = gather_points(features, anchor_idx)  # [B, S, C]
+            neighbour_idx = knn(self.k, xyz, anchor_xyz)  # [B, S, k]
+            grouped = gather_points(features, neighbour_idx)  # [B, S, k, C]
+            neighbour_xyz = gather_points(xyz, neighbour_idx) if self.use_xyz else None
+        if neighbour_xyz is not None:
+            grouped = torch.cat([grouped, neighbour_xyz], dim=-1)
         if self.normalize == "anchor":
             reference = torch.cat([anchor_features, anchor_xyz], -1) if self.use_xyz else anchor_features
             reference = reference.unsqueeze(2)
@@ -206,7 +240,11 @@ class PointMLPEncoder(nn.Module):
     def __init__(self, config: PointMLPConfig | None = None) -> None:
         super().__init__()
         self.config = config = config or PointMLPConfig()
-        self.embedding = PointwiseMLP(config.in_channels, config.embed_dim, config.bias, config.activation)
+        embedding_inputs = config.in_channels * (2 if config.standardize_input else 1)
+        self.embedding = PointwiseMLP(embedding_inputs, config.embed_dim, config.bias, config.activation)
+        if config.standardize_input:
+            self.register_buffer("input_mean", torch.zeros(config.num_points, config.in_channels))
+            self.register_buffer("input_std", torch.ones(config.num_points, config.in_channels))
         if config.point_embedding:
             self.point_embedding = nn.Parameter(torch.zeros(config.num_points, config.embed_dim))
             nn.init.normal_(self.point_embedding, std=0.5)
@@ -216,8 +254,8 @@ class PointMLPEncoder(nn.Module):
         channels = config.embed_dim
         for stage, groups in enumerate(config.anchors):
             out_channels = channels * config.dim_expansion[stage]
-            self.groupers.append(LocalGrouper(
-                channels, groups, config.k_neighbors[stage], config.use_xyz, config.normalize))
+            self.groupers.append(LocalGrouper(channels, groups, config.k_neighbors[stage], config.use_xyz,
+                                              config.normalize, template=config.grouping == "template"))
             neighbour_channels = channels + (3 if config.use_xyz else 0)
             self.pre_blocks.append(
                 PreExtraction(neighbour_channels, channels, out_channels, config.pre_blocks[stage], config))
@@ -232,6 +270,35 @@ class PointMLPEncoder(nn.Module):
             nn.Linear(config.head_hidden_dim, config.feature_dim),
         )
 
+    @property
+    def needs_landmark_statistics(self) -> bool:
+        """Whether ``standardize_input`` or ``grouping="template"`` needs :meth:`fit_landmark_statistics`."""
+        return self.config.standardize_input or self.config.grouping == "template"
+
+    @torch.no_grad()
+    def fit_landmark_statistics(self, points: torch.Tensor) -> None:
+        """Fit the landmark extensions on training landmarks ``[N, num_points, in_channels]``
+        (before augmentation): the per-landmark mean / std of ``standardize_input`` and the anchors
+        and groups of ``grouping="template"``, chosen on the mean face."""
+        if not self.needs_landmark_statistics:
+            raise ValueError("fit_landmark_statistics needs PointMLPConfig(standardize_input=True) "
+                             "or grouping='template'")
+        config = self.config
+        points = torch.as_tensor(points, dtype=torch.float32)
+        if points.ndim != 3 or points.shape[1:] != (config.num_points, config.in_channels) or len(points) < 2:
+            raise ValueError(f"expected at least 2 samples [N, {config.num_points}, "
+                             f"{config.in_channels}], got {list(points.shape)}")
+        mean = points.mean(dim=0)
+        if config.standardize_input:
+            std = points.std(dim=0)
+            self.input_mean.copy_(mean)
+            # a floor keeps landmarks that barely move (or a tiny training set) from exploding
+            self.input_std.copy_(std.clamp_min(max(float(std.mean()) * 0.1, 1e-6)))
+        if config.grouping == "template":
+            xyz = mean[:, :3]
+            for grouper in self.groupers:
+                xyz = grouper.set_template(xyz)
+
     def forward_backbone(self, points: torch.Tensor) -> torch.Tensor:
         """Global max-pooled backbone feature ``[B, out_channels]`` (before the head)."""
         if points.ndim != 3 or points.shape[1:] != (self.config.num_points, self.config.in_channels):
@@ -241,7 +308,10 @@ class PointMLPEncoder(nn.Module):
             )
         xyz = points[..., :3]
         # the per-landmark embedding is added before the embedding's normalisation
-        x = self.embedding(points, shift=self.point_embedding if self.config.point_embedding else None)
+        inputs = points
+        if self.config.standardize_input:
+            inputs = torch.cat([points, (points - self.input_mean) / self.input_std], dim=-1)
+        x = self.embedding(inputs, shift=self.point_embedding if self.config.point_embedding else None)
         for grouper, pre, pos in zip(self.groupers, self.pre_blocks, self.pos_blocks):
             xyz, grouped, anchors = grouper(xyz, x)  # [B, S, 3], [B, S, k, D], [B, S, D]
             x = pos(pre(grouped, anchors))  # [B, S, D']

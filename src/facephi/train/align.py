@@ -302,6 +302,8 @@ def train_encoder(config: AlignConfig) -> dict[str, Any]:
 
         augmenter = Augmenter()
     train_set = LandmarkDataset(landmark_set, indices["train"], normalizer, augmenter, seed=config.seed)
+    if state is None and model.backbone.needs_landmark_statistics:
+        model.backbone.fit_landmark_statistics(torch.from_numpy(train_set.points))
     evals = {
         name: LandmarkDataset(landmark_set, indices[name], normalizer) for name in ("valid", "test")
     }
