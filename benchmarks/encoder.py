@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--lr-schedule", default="cosine")
-    parser.add_argument("--classify-weights", default="balanced", choices=("none", "balanced"))
+    parser.add_argument("--classify-weights", default="balanced", choices=("none", "balanced", "sqrt"))
     parser.add_argument("--limit-train", type=int, default=None)
     parser.add_argument("--limit-valid", type=int, default=None)
     parser.add_argument("--limit-test", type=int, default=None)

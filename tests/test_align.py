@@ -199,3 +199,14 @@ def test_carved_splits_do_not_depend_on_the_training_seed(tmp_path):
               for seed in (0, 5)]
     assert all(np.array_equal(splits[0][k], splits[1][k]) for k in ("train", "valid", "test"))
     assert np.array_equal(splits[0]["test"], landmark_set.standard_splits()["test"])
+
+
+def test_class_weights_balanced_and_sqrt():
+    from facephi.train.align import class_weights
+
+    labels = np.array([0] * 6 + [1] * 3 + [3] * 1)  # class 2 absent
+    balanced = class_weights(labels, 4, "balanced")
+    assert torch.allclose(balanced, torch.tensor([10 / 18, 10 / 9, 0.0, 10 / 3]))
+    assert torch.allclose(class_weights(labels, 4, "sqrt"), balanced.sqrt())
+    with pytest.raises(ValueError, match="sqrt"):
+        class_weights(labels, 4, "inverse")

@@ -38,8 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=2e-5)
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant")
-    p.add_argument("--class-weights", choices=("none", "balanced"), default="none",
-                   help="cross-entropy class weights (classify only)")
+    p.add_argument("--class-weights", choices=("none", "balanced", "sqrt"), default="none",
+                   help="cross-entropy class weights (classify only): balanced = inverse class frequency, "
+                        "sqrt = its square root")
     p.add_argument("--limit-train", type=int, default=None, metavar="N", help="random N training samples")
     p.add_argument("--limit-valid", type=int, default=None, metavar="N", help="random N validation samples")
     p.add_argument("--limit-test", type=int, default=None, metavar="N", help="random N test samples")

@@ -4,7 +4,7 @@
   :mod:`facephi.model.losses` between projected landmark features and frozen class-caption
   embeddings; Valid is scored by zero-shot accuracy (nearest class caption).
 * ``classify`` — the paper's ablation encoder: cross-entropy on a linear classifier, optionally
-  class-weighted ("balanced") for FER+'s imbalance; Valid is scored by classifier accuracy.
+  class-weighted ("balanced", or the milder "sqrt") for FER+'s imbalance; Valid is scored by classifier accuracy.
 
 Each epoch also reports a linear probe (logistic regression on frozen 256-d features) and the
 balanced accuracy on Valid. The best epoch by Valid is saved in ``OUT`` (``save_pretrained``),
@@ -34,6 +34,7 @@ from facephi.utils.errors import FacePhiError
 
 logger = logging.getLogger(__name__)
 
+CLASS_WEIGHTS = ("none", "balanced", "sqrt")
 SELECT_METRICS = ("accuracy", "balanced_accuracy", "probe_accuracy", "probe_balanced_accuracy")
 LAST_DIR = "last"
 
@@ -52,7 +53,7 @@ class AlignConfig:
     lr: float = 2e-5
     weight_decay: float = 0.01
     lr_schedule: str = "constant"  # or "cosine" (decay to 0 over all epochs)
-    class_weights: str = "none"  # or "balanced" (classify only)
+    class_weights: str = "none"  # or "balanced" / "sqrt" (classify only)
     limit_train: int | None = None
     limit_valid: int | None = None
     limit_test: int | None = None
@@ -76,9 +77,9 @@ class AlignConfig:
             (self.lr > 0, "--lr must be positive"),
             (self.weight_decay >= 0, "--weight-decay must be >= 0"),
             (self.lr_schedule in ("constant", "cosine"), "--lr-schedule must be constant or cosine"),
-            (self.class_weights in ("none", "balanced"), "--class-weights must be none or balanced"),
+            (self.class_weights in CLASS_WEIGHTS, f"--class-weights must be one of {', '.join(CLASS_WEIGHTS)}"),
             (self.class_weights == "none" or self.objective == "classify",
-             "--class-weights balanced applies to --objective classify only"),
+             f"--class-weights {self.class_weights} applies to --objective classify only"),
             (self.limit_train is None or self.limit_train >= self.batch_size, "--limit-train must be >= --batch-size"),
             (self.limit_valid is None or self.limit_valid >= 1, "--limit-valid must be >= 1"),
             (self.limit_test is None or self.limit_test >= 1, "--limit-test must be >= 1"),
@@ -125,12 +126,20 @@ class ClassifyObjective:
         pass
 
 
-def balanced_class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
-    """``N / (C_present · n_c)`` per class (scikit-learn's "balanced"); 0 for absent classes."""
+def class_weights(labels: np.ndarray, num_classes: int, kind: str = "balanced") -> torch.Tensor:
+    """Cross-entropy class weights; 0 for classes absent from ``labels``.
+
+    ``"balanced"``: ``N / (C_present · n_c)`` (scikit-learn's); ``"sqrt"``: its square root, a
+    milder correction that keeps more of the accuracy on the frequent classes.
+    """
+    if kind not in ("balanced", "sqrt"):
+        raise ValueError(f"class weights must be 'balanced' or 'sqrt', got {kind!r}")
     counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
     present = counts > 0
     weights = np.zeros(num_classes)
     weights[present] = counts.sum() / (present.sum() * counts[present])
+    if kind == "sqrt":
+        weights = np.sqrt(weights)
     return torch.tensor(weights, dtype=torch.float32)
 
 
@@ -314,7 +323,8 @@ def train_encoder(config: AlignConfig) -> dict[str, Any]:
     if config.objective == "align":
         objective: AlignObjective | ClassifyObjective = AlignObjective()
     else:
-        weights = balanced_class_weights(train_set.labels, len(classes)) if config.class_weights == "balanced" else None
+        weights = (None if config.class_weights == "none"
+                   else class_weights(train_set.labels, len(classes), config.class_weights))
         objective = ClassifyObjective(weights)
     optimizer = torch.optim.AdamW(_parameter_groups(model, config.weight_decay), lr=config.lr)
     sampler = EpochBatchSampler(len(train_set), config.batch_size, seed=config.seed)
