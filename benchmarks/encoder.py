@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit-valid", type=int, default=None)
     parser.add_argument("--limit-test", type=int, default=None)
     parser.add_argument("--probe-samples", type=int, default=1000)
-    parser.add_argument("--no-augment", dest="augment", action="store_false")
+    parser.add_argument("--augment", choices=("full", "mirror", "none"), default="full")
     parser.add_argument("--select-metric", default="accuracy")
     parser.add_argument("--baseline-C", type=float, nargs="+", default=[0.1, 1.0])
     parser.add_argument("--threads", type=int, default=2)
@@ -124,7 +124,7 @@ def _settings(config: dict) -> str:
     return (f"encoder {config['encoder']} {json.dumps(config['encoder_options'])}, AdamW lr {config['lr']:g} "
             f"({config['lr_schedule']}), {config['epochs']} epoch(s) over "
             f"{config['limit_train'] or 'all'} training faces, batch {config['batch_size']}, augmentation "
-            f"{'on' if config['augment'] else 'off'}{weights}")
+            f"{ {True: 'full', False: 'none'}.get(config['augment'], config['augment'])}{weights}")
 
 
 def write_report(path: Path, args, results: dict, baseline: dict, sizes: dict, runs: Path) -> None:

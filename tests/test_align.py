@@ -135,7 +135,7 @@ def test_classify_with_balanced_weights_and_bad_arguments(tiny_data, tmp_path, c
     assert main([*args, "--out", str(out)]) == 0
     model = LandmarkEncoder.from_pretrained(out)
     assert model.config.objective == "classify" and model.config.training["class_weights"] == "balanced"
-    assert model.config.training["augment"] is True
+    assert model.config.training["augment"] == "full"
     assert "test classifier: accuracy" in capsys.readouterr().out
 
     assert main(["align", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "x")]) == 2

@@ -119,3 +119,16 @@ def test_augmenter_components():
         Augmenter(mirror_prob=1.5)
     with pytest.raises(ValueError):
         Augmenter(scale_range=(1.1, 0.9))
+
+
+def test_augmenter_presets():
+    from facephi.landmarks.augment import Augmenter
+
+    assert Augmenter.preset("none") is None
+    assert Augmenter.preset("full") == Augmenter()
+    mirror_only = Augmenter.preset("mirror")
+    points = np.random.default_rng(0).uniform(-1, 1, (478, 3))
+    outputs = [mirror_only(points, np.random.default_rng(seed)) for seed in range(8)]
+    assert all(np.allclose(o, points, atol=1e-6) or np.allclose(o, mirror(points), atol=1e-6) for o in outputs)
+    with pytest.raises(ValueError, match="augmentation must be one of"):
+        Augmenter.preset("strong")

@@ -49,7 +49,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--select-metric", default="accuracy",
                    choices=("accuracy", "balanced_accuracy", "probe_accuracy", "probe_balanced_accuracy"),
                    help="Valid metric that picks the best epoch")
-    p.add_argument("--no-augment", dest="augment", action="store_false", help="no training augmentation")
+    p.add_argument("--augment", choices=("full", "mirror", "none"), default="full",
+                   help="training augmentation: full = mirror, rotation, scale, jitter; mirror = the mirror only")
+    p.add_argument("--no-augment", dest="augment", action="store_const", const="none", help="= --augment none")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--text-tower", default=None, metavar="NAME_OR_PATH",

@@ -154,6 +154,9 @@ def rotation_matrices(angles: np.ndarray) -> np.ndarray:
     return rz @ ry @ rx
 
 
+AUGMENTATIONS = ("full", "mirror", "none")
+
+
 @dataclass
 class Augmenter:
     """Random mirror, rotation about all three axes, isotropic scale and Gaussian jitter.
@@ -176,6 +179,18 @@ class Augmenter:
             raise ValueError(f"scale_range must satisfy 0 < low <= high, got {self.scale_range}")
         if self.max_rotation_deg < 0 or self.jitter_std < 0:
             raise ValueError("max_rotation_deg and jitter_std must be non-negative")
+
+    @classmethod
+    def preset(cls, name: str) -> "Augmenter | None":
+        """``"full"`` (every transform, the defaults), ``"mirror"`` (the label-preserving mirror
+        only: rigidly aligned test faces have no rotation or scale left to imitate) or ``"none"``."""
+        if name not in AUGMENTATIONS:
+            raise ValueError(f"augmentation must be one of {', '.join(AUGMENTATIONS)}, got {name!r}")
+        if name == "none":
+            return None
+        if name == "mirror":
+            return cls(max_rotation_deg=0.0, scale_range=(1.0, 1.0), jitter_std=0.0)
+        return cls()
 
     def __call__(self, points: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         points = np.asarray(points, dtype=np.float64)

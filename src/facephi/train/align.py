@@ -58,7 +58,7 @@ class AlignConfig:
     limit_valid: int | None = None
     limit_test: int | None = None
     probe_samples: int = 5000  # training samples for the per-epoch linear probe
-    augment: bool = True
+    augment: str = "full"  # "mirror" or "none" (see Augmenter.preset); True / False mean full / none
     seed: int = 0
     threads: int | None = None
     text_tower: str = DEFAULT_TEXT_TOWER
@@ -67,8 +67,15 @@ class AlignConfig:
     resume: bool = False
     overwrite: bool = False
 
+    def __post_init__(self) -> None:
+        if isinstance(self.augment, bool):  # the older boolean form
+            self.augment = "full" if self.augment else "none"
+
     def validate(self) -> None:
+        from facephi.landmarks.augment import AUGMENTATIONS
+
         checks = [
+            (self.augment in AUGMENTATIONS, f"--augment must be one of {', '.join(AUGMENTATIONS)}"),
             (self.objective in ("align", "classify"), f"--objective must be align or classify, got {self.objective!r}"),
             (self.encoder in ("pointmlp", "pointmlp-elite"),
              f"--encoder must be pointmlp or pointmlp-elite, got {self.encoder!r}"),
@@ -305,11 +312,9 @@ def train_encoder(config: AlignConfig) -> dict[str, Any]:
         train_idx = indices["train"]
         normalizer = Normalizer(align=True).fit(landmark_set.landmarks[train_idx], landmark_set.sizes[train_idx])
         model = _new_model(config, normalizer)
-    augmenter = None
-    if config.augment:
-        from facephi.landmarks.augment import Augmenter
+    from facephi.landmarks.augment import Augmenter
 
-        augmenter = Augmenter()
+    augmenter = Augmenter.preset(config.augment)
     train_set = LandmarkDataset(landmark_set, indices["train"], normalizer, augmenter, seed=config.seed)
     if state is None and model.backbone.needs_landmark_statistics:
         model.backbone.fit_landmark_statistics(torch.from_numpy(train_set.points))
