@@ -18,14 +18,19 @@ TINY_BACKBONE = dataclasses.asdict(
 )
 
 
-def tiny(objective: str) -> LandmarkEncoder:
+LANDMARK_EXTENSIONS = {"point_embedding": True, "standardize_input": True, "grouping": "template"}
+
+
+def tiny(objective: str, **backbone: object) -> LandmarkEncoder:
     torch.manual_seed(0)
     template = np.random.default_rng(0).uniform(-1, 1, (478, 3))
-    config = LandmarkEncoderConfig(backbone=TINY_BACKBONE, objective=objective, text_dim=12,
+    config = LandmarkEncoderConfig(backbone={**TINY_BACKBONE, **backbone}, objective=objective, text_dim=12,
                                    normalizer=Normalizer(template=template).to_dict(), text_tower="tiny")
     model = LandmarkEncoder(config)
     if objective == "align":
         model.set_class_text_embeddings(torch.randn(8, 12))
+    if model.backbone.needs_landmark_statistics:
+        model.backbone.fit_landmark_statistics(torch.from_numpy(template).float() + 0.05 * torch.randn(16, 478, 3))
     return model.eval()
 
 
@@ -33,9 +38,9 @@ def points(batch: int = 3) -> torch.Tensor:
     return torch.rand(batch, 478, 3, generator=torch.Generator().manual_seed(1)) * 2 - 1
 
 
-@pytest.mark.parametrize("objective", ["align", "classify"])
-def test_shapes_and_round_trip_give_identical_outputs(objective, tmp_path):
-    model = tiny(objective)
+@pytest.mark.parametrize("objective,backbone", [("align", {}), ("classify", {}), ("classify", LANDMARK_EXTENSIONS)])
+def test_shapes_and_round_trip_give_identical_outputs(objective, backbone, tmp_path):
+    model = tiny(objective, **backbone)
     x = points()
     with torch.no_grad():
         features, logits = model(x), model.class_logits(x)
