@@ -118,13 +118,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _settings(config: dict) -> str:
-    """One line describing how an encoder was trained, from the ``config`` of its ``run.json``."""
+def _settings(info: dict) -> str:
+    """One line describing how an encoder was trained, from its ``run.json``."""
+    config, sizes = info["config"], info["split_sizes"]
     weights = f", {config['class_weights']} class weights" if config["objective"] == "classify" else ""
     return (f"encoder {config['encoder']} {json.dumps(config['encoder_options'])}, AdamW lr {config['lr']:g} "
-            f"({config['lr_schedule']}), {config['epochs']} epoch(s) over "
-            f"{config['limit_train'] or 'all'} training faces, batch {config['batch_size']}, augmentation "
-            f"{ {True: 'full', False: 'none'}.get(config['augment'], config['augment'])}{weights}")
+            f"({config['lr_schedule']}), {config['epochs']} epoch(s) over {sizes['train']} training faces, "
+            f"batch {config['batch_size']}, augmentation "
+            f"{ {True: 'full', False: 'none'}.get(config['augment'], config['augment'])}{weights}; "
+            f"epoch chosen on {sizes['valid']} Valid faces")
 
 
 def write_report(path: Path, args, results: dict, baseline: dict, sizes: dict, runs: Path) -> None:
@@ -152,13 +154,13 @@ def write_report(path: Path, args, results: dict, baseline: dict, sizes: dict, r
         "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
         f"torch threads = {args.threads}; torch {run_info['align']['versions'].get('torch')}.",
-        f"Samples: train {sizes['train']} (encoders: {align['split_sizes']['train']}), valid {sizes['valid']} "
-        f"(encoder selection: {align['split_sizes']['valid']}), test {sizes['test']} of {sizes['test_full']}.",
+        f"Samples: train {sizes['train']}, valid {sizes['valid']}, test {sizes['test']} of {sizes['test_full']} "
+        "(the encoders' own training and selection sizes are in their settings below).",
         "",
         "Settings versus the paper (AdamW, lr 2e-5, 20 epochs, batch 64, full PointMLP, full data), as each "
         "encoder's `run.json` records them (every deviation is forced by the CPU budget, see the notes below):",
         "",
-        *[f"- {objective}: {_settings(info['config'])}" for objective, info in run_info.items()],
+        *[f"- {objective}: {_settings(info)}" for objective, info in run_info.items()],
         "",
         "Test accuracy and balanced accuracy (macro recall); epochs / C chosen on Valid.",
         "",
