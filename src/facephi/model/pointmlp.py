@@ -49,7 +49,7 @@ class PointMLPConfig:
     # have a fixed order; the mirror augmentation keeps it).
     point_embedding: bool = False
     # Landmark extension: the embedding also sees each landmark's coordinates standardised by its
-    # own mean and std over the training faces (buffers set by ``fit_input_statistics``).
+    # own mean and std over the training faces (buffers set by ``fit_landmark_statistics``).
     # Expressions are small deviations from the mean face, which raw [-1, 1] coordinates bury
     # under the face's shape; grouping (FPS, kNN) still uses the raw coordinates.
     standardize_input: bool = False
