@@ -117,6 +117,10 @@ def test_align_end_to_end_resume_and_errors(tiny_data, tmp_path, capsys):
     # 2 epochs, then resume to 3: the same trajectory as 3 epochs straight
     resumed = tmp_path / "resumed"
     assert main([*common, "--out", str(resumed), "--epochs", "2"]) == 0
+    state_path = resumed / "last" / "trainer_state.json"  # as written before --augment took names
+    state = json.loads(state_path.read_text())
+    state["config"]["augment"] = False
+    state_path.write_text(json.dumps(state))
     assert main([*common, "--out", str(resumed), "--epochs", "3", "--resume"]) == 0
     history = json.loads((resumed / "metrics.json").read_text())["history"]
     assert [r["epoch"] for r in history] == [1, 2, 3]

@@ -68,8 +68,7 @@ class AlignConfig:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
-        if isinstance(self.augment, bool):  # the older boolean form
-            self.augment = "full" if self.augment else "none"
+        self.augment = augmentation_name(self.augment)
 
     def validate(self) -> None:
         from facephi.landmarks.augment import AUGMENTATIONS
@@ -96,6 +95,14 @@ class AlignConfig:
         for ok, message in checks:
             if not ok:
                 raise FacePhiError(message)
+
+
+def augmentation_name(value: str | bool) -> str:
+    """``--augment`` value; the older boolean form (runs written before ``--augment mirror``) maps
+    True / False to "full" / "none"."""
+    if isinstance(value, bool):
+        return "full" if value else "none"
+    return value
 
 
 # Arguments that must not change when a run is resumed.
@@ -235,7 +242,8 @@ def _prepare_output(config: AlignConfig, out: Path) -> dict[str, Any] | None:
         if not state_path.is_file():
             raise FacePhiError(f"{state_path}: missing; nothing to resume in {out}")
         state = read_json(state_path)
-        changed = [k for k in _RESUME_FIXED if state["config"].get(k) != getattr(config, k)]
+        stored = {**state["config"], "augment": augmentation_name(state["config"].get("augment", "full"))}
+        changed = [k for k in _RESUME_FIXED if stored.get(k) != getattr(config, k)]
         if changed:
             flags = ", ".join("--" + k.replace("_", "-") for k in changed)
             raise FacePhiError(f"{out}: cannot resume with different {flags}")
