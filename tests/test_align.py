@@ -212,5 +212,13 @@ def test_class_weights_balanced_and_sqrt():
     balanced = class_weights(labels, 4, "balanced")
     assert torch.allclose(balanced, torch.tensor([10 / 18, 10 / 9, 0.0, 10 / 3]))
     assert torch.allclose(class_weights(labels, 4, "sqrt"), balanced.sqrt())
-    with pytest.raises(ValueError, match="sqrt"):
-        class_weights(labels, 4, "inverse")
+    for kind in ("inverse", "none"):
+        with pytest.raises(ValueError, match="sqrt"):
+            class_weights(labels, 4, kind)
+
+
+def test_align_encoder_choices_are_the_pointmlp_presets():
+    from facephi.model.pointmlp import _PRESETS
+    from facephi.train.align_options import ENCODERS
+
+    assert set(ENCODERS) == set(_PRESETS)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from facephi.landmarks.augment import AUGMENTATIONS
+from facephi.train.align_options import CLASS_WEIGHTS, ENCODERS, LR_SCHEDULES, OBJECTIVES, SELECT_METRICS
+
 
 def _encoder_option(text: str) -> tuple[str, object]:
     key, sep, value = text.partition("=")
@@ -29,16 +32,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--data", required=True, help="landmark set folder (facephi extract output)")
     p.add_argument("--out", required=True, help="checkpoint folder to write")
-    p.add_argument("--objective", choices=("align", "classify"), default="align")
-    p.add_argument("--encoder", choices=("pointmlp", "pointmlp-elite"), default="pointmlp")
+    p.add_argument("--objective", choices=OBJECTIVES, default="align")
+    p.add_argument("--encoder", choices=ENCODERS, default="pointmlp")
     p.add_argument("--encoder-option", type=_encoder_option, action="append", default=[], metavar="KEY=VALUE",
                    help="override a PointMLPConfig field, JSON value (e.g. k_neighbors=[16,16,16,16])")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-5)
     p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant")
-    p.add_argument("--class-weights", choices=("none", "balanced", "sqrt"), default="none",
+    p.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="constant")
+    p.add_argument("--class-weights", choices=CLASS_WEIGHTS, default="none",
                    help="cross-entropy class weights (classify only): balanced = inverse class frequency, "
                         "sqrt = its square root")
     p.add_argument("--limit-train", type=int, default=None, metavar="N", help="random N training samples")
@@ -47,9 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--probe-samples", type=int, default=5000, metavar="N",
                    help="training samples for the per-epoch linear probe")
     p.add_argument("--select-metric", default="accuracy",
-                   choices=("accuracy", "balanced_accuracy", "probe_accuracy", "probe_balanced_accuracy"),
+                   choices=SELECT_METRICS,
                    help="Valid metric that picks the best epoch")
-    p.add_argument("--augment", choices=("full", "mirror", "none"), default="full",
+    p.add_argument("--augment", choices=AUGMENTATIONS, default="full",
                    help="training augmentation: full = mirror, rotation, scale, jitter; mirror = the mirror only")
     p.add_argument("--no-augment", dest="augment", action="store_const", const="none", help="= --augment none")
     p.add_argument("--seed", type=int, default=0)

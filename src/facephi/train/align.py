@@ -29,13 +29,12 @@ from torch.nn import functional as F
 from facephi.model.encoder import LandmarkEncoder
 from facephi.model.losses import clamp_logit_scale_, clip_contrastive_loss
 from facephi.model.text_tower import DEFAULT_TEXT_TOWER
+from facephi.train.align_options import CLASS_WEIGHTS, ENCODERS, LR_SCHEDULES, OBJECTIVES, SELECT_METRICS
 from facephi.train.probe import encode_features, evaluate_split
 from facephi.utils.errors import FacePhiError
 
 logger = logging.getLogger(__name__)
 
-CLASS_WEIGHTS = ("none", "balanced", "sqrt")
-SELECT_METRICS = ("accuracy", "balanced_accuracy", "probe_accuracy", "probe_balanced_accuracy")
 LAST_DIR = "last"
 
 
@@ -75,21 +74,20 @@ class AlignConfig:
 
         checks = [
             (self.augment in AUGMENTATIONS, f"--augment must be one of {', '.join(AUGMENTATIONS)}"),
-            (self.objective in ("align", "classify"), f"--objective must be align or classify, got {self.objective!r}"),
-            (self.encoder in ("pointmlp", "pointmlp-elite"),
-             f"--encoder must be pointmlp or pointmlp-elite, got {self.encoder!r}"),
+            (self.objective in OBJECTIVES, f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}"),
+            (self.encoder in ENCODERS, f"--encoder must be one of {', '.join(ENCODERS)}, got {self.encoder!r}"),
             (self.epochs >= 1, "--epochs must be >= 1"),
             (self.batch_size >= 2, "--batch-size must be >= 2"),
             (self.lr > 0, "--lr must be positive"),
             (self.weight_decay >= 0, "--weight-decay must be >= 0"),
-            (self.lr_schedule in ("constant", "cosine"), "--lr-schedule must be constant or cosine"),
+            (self.lr_schedule in LR_SCHEDULES, f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}"),
             (self.class_weights in CLASS_WEIGHTS, f"--class-weights must be one of {', '.join(CLASS_WEIGHTS)}"),
             (self.class_weights == "none" or self.objective == "classify",
              f"--class-weights {self.class_weights} applies to --objective classify only"),
             (self.limit_train is None or self.limit_train >= self.batch_size, "--limit-train must be >= --batch-size"),
             (self.limit_valid is None or self.limit_valid >= 1, "--limit-valid must be >= 1"),
             (self.limit_test is None or self.limit_test >= 1, "--limit-test must be >= 1"),
-            (self.select_metric in SELECT_METRICS, f"--select-metric must be one of {SELECT_METRICS}"),
+            (self.select_metric in SELECT_METRICS, f"--select-metric must be one of {', '.join(SELECT_METRICS)}"),
             (self.threads is None or self.threads >= 1, "--threads must be >= 1"),
         ]
         for ok, message in checks:
@@ -146,7 +144,7 @@ def class_weights(labels: np.ndarray, num_classes: int, kind: str = "balanced") 
     ``"balanced"``: ``N / (C_present · n_c)`` (scikit-learn's); ``"sqrt"``: its square root, a
     milder correction that keeps more of the accuracy on the frequent classes.
     """
-    if kind not in ("balanced", "sqrt"):
+    if kind == "none" or kind not in CLASS_WEIGHTS:
         raise ValueError(f"class weights must be 'balanced' or 'sqrt', got {kind!r}")
     counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
     present = counts > 0
