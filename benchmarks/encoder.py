@@ -27,6 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
+from facephi.landmarks.augment import AUGMENTATIONS
+from facephi.train.align_options import CLASS_WEIGHTS
+
 
 def logistic_baseline(landmark_set, indices, normalizer, Cs, seed) -> dict[str, dict]:
     """(d): logistic regression on flattened normalised landmarks, per class-weight setting."""
@@ -64,12 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--lr-schedule", default="cosine")
-    parser.add_argument("--classify-weights", default="balanced", choices=("none", "balanced", "sqrt"))
+    parser.add_argument("--classify-weights", default="balanced", choices=CLASS_WEIGHTS)
     parser.add_argument("--limit-train", type=int, default=None)
     parser.add_argument("--limit-valid", type=int, default=None)
     parser.add_argument("--limit-test", type=int, default=None)
     parser.add_argument("--probe-samples", type=int, default=1000)
-    parser.add_argument("--augment", choices=("full", "mirror", "none"), default="full")
+    parser.add_argument("--augment", choices=AUGMENTATIONS, default="full")
     parser.add_argument("--select-metric", default="accuracy")
     parser.add_argument("--baseline-C", type=float, nargs="+", default=[0.1, 1.0])
     parser.add_argument("--threads", type=int, default=2)
@@ -120,12 +123,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _settings(info: dict) -> str:
     """One line describing how an encoder was trained, from its ``run.json``."""
+    from facephi.train.align import augmentation_name
+
     config, sizes = info["config"], info["split_sizes"]
     weights = f", {config['class_weights']} class weights" if config["objective"] == "classify" else ""
     return (f"encoder {config['encoder']} {json.dumps(config['encoder_options'])}, AdamW lr {config['lr']:g} "
             f"({config['lr_schedule']}), {config['epochs']} epoch(s) over {sizes['train']} training faces, "
             f"batch {config['batch_size']}, augmentation "
-            f"{ {True: 'full', False: 'none'}.get(config['augment'], config['augment'])}{weights}; "
+            f"{augmentation_name(config['augment'])}{weights}; "
             f"epoch chosen on {sizes['valid']} Valid faces")
 
 
