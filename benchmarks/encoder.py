@@ -33,7 +33,7 @@ from facephi.train.align_options import CLASS_WEIGHTS
 
 def logistic_baseline(landmark_set, indices, normalizer, Cs, seed) -> dict[str, dict]:
     """(d): logistic regression on flattened normalised landmarks, per class-weight setting."""
-    from facephi.eval.metrics import compute_metrics
+    from facephi.scoring.metrics import compute_metrics
     from facephi.train.probe import select_linear_probe
 
     def flat(split):

@@ -26,7 +26,7 @@ def train_mlp(x: dict, y: dict, epochs: int, hidden: int, seed: int) -> dict:
     import torch
     from torch import nn
 
-    from facephi.eval.metrics import compute_metrics
+    from facephi.scoring.metrics import compute_metrics
 
     torch.manual_seed(seed)
     tensors = {split: torch.as_tensor(values, dtype=torch.float32) for split, values in x.items()}

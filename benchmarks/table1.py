@@ -26,7 +26,7 @@ def main() -> int:
     parser.add_argument("--report-only", action="store_true", help="write the file from the run as it stands")
     args = parser.parse_args()
 
-    from facephi.eval.reproduce import EVAL_LIMITS, ReproduceConfig, reproduce
+    from facephi.pipelines.reproduce import EVAL_LIMITS, ReproduceConfig, reproduce
     from facephi.labels import CLASSES
     from facephi.utils.io import write_text
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from facephi.eval.keywords import KEYWORDS, match_answer, predict_class
+from facephi.scoring.keywords import KEYWORDS, match_answer, predict_class
 from facephi.labels import CLASS_TO_INDEX, CLASSES, canonical_class
 
 H, S, F, A, N = (CLASS_TO_INDEX[c] for c in ("happiness", "sadness", "fear", "anger", "neutral"))

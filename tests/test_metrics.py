@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from facephi.eval.metrics import MISS, compute_metrics, confusion_matrix
+from facephi.scoring.metrics import MISS, compute_metrics, confusion_matrix
 
 NAMES = ("a", "b", "c")
 

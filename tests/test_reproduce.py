@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from facephi.cli import main
-from facephi.eval.reproduce import ROW_TITLES, ReproduceConfig, reproduce
+from facephi.pipelines.reproduce import ROW_TITLES, ReproduceConfig, reproduce
 from train_fixtures import MAX_LENGTH, write_landmark_set, write_llm
 
 TINY_ENCODER = {

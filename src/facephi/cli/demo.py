@@ -1,4 +1,4 @@
-"""`facephi demo`: the main job on the embedded default models (see facephi.serve.demo)."""
+"""`facephi demo`: the main job on the embedded default models (see facephi.pipelines.demo)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from facephi.serve.demo import DEFAULT_IMAGES
+    from facephi.pipelines.demo import DEFAULT_IMAGES
 
     p = sub.add_parser("demo", help="FacePhi end to end on the example photos (SmolLM2 + MiniLM, offline)",
                        description="Answer for every example photo with a trained FacePhi model; without one, "
@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from facephi.serve.demo import DemoConfig, run_demo
+    from facephi.pipelines.demo import DemoConfig, run_demo
     from facephi.utils.errors import FacePhiError
 
     for name in ("stage_steps", "encoder_epochs"):

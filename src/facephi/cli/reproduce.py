@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from facephi.eval.reproduce import EVAL_LIMITS, ReproduceConfig, reproduce
+    from facephi.pipelines.reproduce import EVAL_LIMITS, ReproduceConfig, reproduce
     from facephi.utils.errors import FacePhiError
 
     if args.eval_limit is None:

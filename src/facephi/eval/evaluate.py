@@ -2,7 +2,7 @@
 
 Both write the same files into an output folder (all atomic):
 
-* ``metrics.json``: :class:`~facephi.eval.metrics.ClassificationMetrics` fields, plus ``settings``
+* ``metrics.json``: :class:`~facephi.scoring.metrics.ClassificationMetrics` fields, plus ``settings``
   (what was evaluated and how) and ``run`` (versions, seed, command);
 * ``predictions.jsonl``: one line per sample, in split order;
 * ``confusion.png`` and ``report.md``.
@@ -29,8 +29,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from facephi.eval.keywords import match_answer
-from facephi.eval.metrics import MISS, ClassificationMetrics, compute_metrics
+from facephi.scoring.keywords import match_answer
+from facephi.scoring.metrics import MISS, ClassificationMetrics, compute_metrics
 from facephi.eval.report import metrics_markdown, save_confusion_png
 from facephi.labels import CLASSES
 from facephi.utils.errors import FacePhiError

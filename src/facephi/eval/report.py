@@ -1,4 +1,4 @@
-"""Human-readable views of :class:`~facephi.eval.metrics.ClassificationMetrics`: markdown and a PNG."""
+"""Human-readable views of :class:`~facephi.scoring.metrics.ClassificationMetrics`: markdown and a PNG."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from facephi.eval.metrics import ClassificationMetrics
+from facephi.scoring.metrics import ClassificationMetrics
 from facephi.labels import display_name
 from facephi.utils.io import atomic_path
 

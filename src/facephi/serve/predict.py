@@ -25,7 +25,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 
-from facephi.eval.keywords import match_answer
+from facephi.scoring.keywords import match_answer
 from facephi.labels import CLASSES
 from facephi.utils.errors import FacePhiError
 from facephi.utils.io import read_json

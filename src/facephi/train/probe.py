@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 import torch
 
-from facephi.eval.metrics import ClassificationMetrics, compute_metrics
+from facephi.scoring.metrics import ClassificationMetrics, compute_metrics
 from facephi.labels import CLASSES
 
 if TYPE_CHECKING:  # pragma: no cover

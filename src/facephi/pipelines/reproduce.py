@@ -204,7 +204,7 @@ class Reproduction:
     def _baselines(self) -> None:
         """Chance and the train majority class, scored on the same test samples."""
         from facephi.eval.evaluate import select_indices
-        from facephi.eval.metrics import compute_metrics
+        from facephi.scoring.metrics import compute_metrics
         from facephi.landmarks.store import SPLIT_SEED, LandmarkSet
 
         landmark_set = LandmarkSet.load(self.config.data)

@@ -15,7 +15,7 @@ Definitions (K classes, support = number of true samples of a class):
 * ``confusion``: int [K, K+1], rows = true class, columns = predicted class, last column = no
   class (missed).
 * ``miss_rate``: fraction of predictions that are ``-1``.
-* ``ambiguous_rate`` / ``accuracy_contains``: only for LLM answers (see ``facephi.eval.keywords``);
+* ``ambiguous_rate`` / ``accuracy_contains``: only for LLM answers (see ``facephi.scoring.keywords``);
   None for classifiers.
 """
 
