@@ -72,7 +72,7 @@ def main() -> int:
     import torch
 
     from facephi.eval.evaluate import EvalResult, evaluate_model
-    from facephi.landmarks.store import SPLIT_SEED, LandmarkSet
+    from facephi.landmarks.store import LandmarkSet
     from facephi.model.facephi import FacePhiModel
     from facephi.train.stages import FINAL_DIR
     from facephi.utils.io import write_text
@@ -84,8 +84,8 @@ def main() -> int:
     result = EvalResult.load_if_finished(eval_dir)
     if result is None:
         model = FacePhiModel.from_pretrained(Path(args.run) / "stage2" / FINAL_DIR)
-        result = evaluate_model(model, model.formatter, LandmarkSet.load(args.data), split="test",
-                                limit=args.eval_limit or None, seed=args.seed, split_seed=SPLIT_SEED,
+        result = evaluate_model(model, LandmarkSet.load(args.data), split="test",
+                                limit=args.eval_limit or None, seed=args.seed,
                                 out_dir=eval_dir, progress=not args.no_progress)
     metrics = result.metrics.to_dict()
 

@@ -92,7 +92,7 @@ def test_dataset_normalises_once_and_augments_per_index_and_epoch(tiny_data):
 
 def test_align_end_to_end_resume_and_errors(tiny_data, tmp_path, capsys):
     data, tower = tiny_data
-    common = ["align", "--data", str(data), "--text-tower", str(tower), "--no-augment", "--lr", "1e-3", *TINY]
+    common = ["align", "--data", str(data), "--text-tower", str(tower), "--augment", "none", "--lr", "1e-3", *TINY]
     straight = tmp_path / "straight"
     assert main([*common, "--out", str(straight), "--epochs", "3"]) == 0
     assert "test zero-shot: accuracy" in capsys.readouterr().out
@@ -143,7 +143,7 @@ def test_classify_with_balanced_weights_and_bad_arguments(tiny_data, tmp_path, c
     assert "test classifier: accuracy" in capsys.readouterr().out
 
     assert main(["align", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "x")]) == 2
-    assert "landmarks.npy: missing" in capsys.readouterr().err
+    assert "none: not found (--data)" in capsys.readouterr().err
     assert main(["align", "--data", str(data), "--out", str(tmp_path / "y"), "--class-weights", "balanced"]) == 2
     assert "classify only" in capsys.readouterr().err
     assert main([*args, "--out", str(tmp_path / "z"), "--encoder-option", "k_neighbors=[999]"]) == 2
@@ -219,6 +219,6 @@ def test_class_weights_balanced_and_sqrt():
 
 def test_align_encoder_choices_are_the_pointmlp_presets():
     from facephi.model.pointmlp import _PRESETS
-    from facephi.train.align_options import ENCODERS
+    from facephi.model.defaults import ENCODERS
 
     assert set(ENCODERS) == set(_PRESETS)

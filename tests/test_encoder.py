@@ -101,5 +101,5 @@ def test_loading_errors_are_specific(tmp_path):
         LandmarkEncoder.from_pretrained(directory)
 
     (directory / "config.json").write_text("{not json")
-    with pytest.raises(FacePhiError, match="invalid landmark encoder config"):
+    with pytest.raises(FacePhiError, match="config.json: invalid JSON"):
         LandmarkEncoder.from_pretrained(directory)

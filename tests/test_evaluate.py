@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from facephi.data.instruction import PromptFormatter, prepare_tokenizer
 from facephi.data.templates import INSTRUCTIONS
 from facephi.eval.evaluate import EvalResult, choose_instruction, evaluate_encoder, evaluate_model
 from facephi.labels import CLASSES
+from facephi.scoring.keywords import match_answer
+from facephi.scoring.metrics import MISS
 from tiny_models import tiny_tokenizer
 
 N = 10
@@ -38,36 +39,25 @@ def scripted_answer(label: int, index: int) -> str:
 
 
 class ScriptedModel(torch.nn.Module):
-    """Same interface as ``FacePhiModel.generate``; checks the batch layout it receives."""
+    """Same interface as ``FacePhiModel.answer``; records what it is asked (sample index, instruction)."""
 
-    def __init__(self, landmark_id: int, fail_after: int | None = None):
+    def __init__(self, fail_after: int | None = None):
         super().__init__()
         self.weight = torch.nn.Parameter(torch.zeros(1))
-        self.landmark_id, self.fail_after, self.calls = landmark_id, fail_after, []
+        self.fail_after, self.calls, self.asked = fail_after, [], []
 
-    def generate(self, input_ids, attention_mask, points, max_new_tokens):
-        assert input_ids.shape == attention_mask.shape and len(points) == len(input_ids)
-        for row, mask in zip(input_ids, attention_mask):
-            start = int((mask == 0).sum())
-            assert mask[start:].all() and not mask[:start].any()  # left padding
-            assert int((row[start:] == self.landmark_id).sum()) == 1
-        assert attention_mask[:, -1].all()
+    def answer(self, points, instructions, max_new_tokens):
+        assert len(instructions) == len(points) and max_new_tokens > 0
         if self.fail_after is not None and len(self.calls) >= self.fail_after:
             raise KeyboardInterrupt
         self.calls.append([int(p[0, 1]) for p in points])
+        self.asked += [(int(p[0, 1]), text) for p, text in zip(points, instructions)]
         return [scripted_answer(int(p[0, 0]), int(p[0, 1])) for p in points]
 
 
-@pytest.fixture(scope="module")
-def formatter():
-    tokenizer = tiny_tokenizer("smollm")
-    prepare_tokenizer(tokenizer)
-    return PromptFormatter(tokenizer, max_length=96)
-
-
-def test_scores_and_files(formatter, tmp_path):
-    model = ScriptedModel(formatter.landmark_id)
-    result = evaluate_model(model, formatter, PointsDataset(), batch_size=4, out_dir=tmp_path, progress=False)
+def test_scores_and_files(tmp_path):
+    model = ScriptedModel()
+    result = evaluate_model(model, PointsDataset(), batch_size=4, out_dir=tmp_path, progress=False)
     # indices 100..109: index % 4 == 0 correct (100, 104, 108), == 2 ambiguous (102, 106)
     m = result.metrics
     assert m.n == N and m.accuracy == pytest.approx(3 / N)
@@ -78,11 +68,17 @@ def test_scores_and_files(formatter, tmp_path):
 
     lines = [json.loads(s) for s in (tmp_path / "predictions.jsonl").read_text().splitlines()]
     assert [r["index"] for r in lines] == list(range(100, 110))
-    first = lines[0]
-    assert first["answer"] == scripted_answer(0, 100) and first["predicted"] == "neutral"
-    assert first["true"] == "neutral" and first["correct"] is True
-    assert lines[1]["predicted"] is None and lines[1]["correct"] is False
-    assert lines[2]["correct"] is False and lines[2]["correct_contains"] is True and lines[2]["ambiguous"]
+    for r in lines:  # what keyword matching must make of each kind of scripted answer
+        label = (r["index"] - 100) % len(CLASSES)
+        true, other = CLASSES[label], CLASSES[(label + 1) % len(CLASSES)]
+        predicted, correct, contains, ambiguous, mentioned = [
+            (true, True, True, False, [true]), (None, False, False, False, []),
+            (other, False, True, True, [other, true]), (other, False, False, False, [other])][r["index"] % 4]
+        assert (r["true"], r["true_index"]) == (true, label)
+        assert (r["predicted"], r["correct"], r["correct_contains"]) == (predicted, correct, contains)
+        assert (r["ambiguous"], r["mentioned"]) == (ambiguous, mentioned)
+        assert r["predicted_index"] == (MISS if predicted is None else CLASSES.index(predicted))
+    assert model.asked == [(r["index"], r["instruction"]) for r in lines]  # recorded = asked
     assert all(r["instruction"] == choose_instruction(r["index"], "random", 0) for r in lines)
     assert all(r["instruction"] in INSTRUCTIONS for r in lines)
 
@@ -95,36 +91,36 @@ def test_scores_and_files(formatter, tmp_path):
     assert loaded.metrics == m and loaded.records == result.records
 
 
-def test_results_do_not_depend_on_batch_size_and_instructions_are_seeded(formatter):
-    a = evaluate_model(ScriptedModel(formatter.landmark_id), formatter, PointsDataset(), batch_size=3, progress=False)
-    b = evaluate_model(ScriptedModel(formatter.landmark_id), formatter, PointsDataset(), batch_size=10, progress=False)
+def test_results_do_not_depend_on_batch_size_and_instructions_are_seeded():
+    a = evaluate_model(ScriptedModel(), PointsDataset(), batch_size=3, progress=False)
+    b = evaluate_model(ScriptedModel(), PointsDataset(), batch_size=10, progress=False)
     assert a.records == b.records
-    c = evaluate_model(ScriptedModel(formatter.landmark_id), formatter, PointsDataset(), seed=1, progress=False)
+    c = evaluate_model(ScriptedModel(), PointsDataset(), seed=1, progress=False)
     assert [r["instruction"] for r in c.records] != [r["instruction"] for r in a.records]
-    fixed = evaluate_model(ScriptedModel(formatter.landmark_id), formatter, PointsDataset(), progress=False,
+    fixed = evaluate_model(ScriptedModel(), PointsDataset(), progress=False,
                            instruction_policy="first")
     assert {r["instruction"] for r in fixed.records} == {INSTRUCTIONS[0]}
 
 
-def test_resume_continues_after_the_finished_batches(formatter, tmp_path):
+def test_resume_continues_after_the_finished_batches(tmp_path):
     with pytest.raises(KeyboardInterrupt):
-        evaluate_model(ScriptedModel(formatter.landmark_id, fail_after=2), formatter, PointsDataset(),
+        evaluate_model(ScriptedModel(fail_after=2), PointsDataset(),
                        batch_size=3, out_dir=tmp_path, progress=False)
     assert len((tmp_path / "predictions.partial.jsonl").read_text().splitlines()) == 6
-    model = ScriptedModel(formatter.landmark_id)
-    resumed = evaluate_model(model, formatter, PointsDataset(), batch_size=3, out_dir=tmp_path, progress=False)
+    model = ScriptedModel()
+    resumed = evaluate_model(model, PointsDataset(), batch_size=3, out_dir=tmp_path, progress=False)
     assert model.calls == [[106, 107, 108], [109]]
-    whole = evaluate_model(ScriptedModel(formatter.landmark_id), formatter, PointsDataset(), batch_size=3,
+    whole = evaluate_model(ScriptedModel(), PointsDataset(), batch_size=3,
                            progress=False)
     assert resumed.records == whole.records and resumed.metrics == whole.metrics
 
 
-def test_changed_settings_start_over(formatter, tmp_path):
+def test_changed_settings_start_over(tmp_path):
     with pytest.raises(KeyboardInterrupt):
-        evaluate_model(ScriptedModel(formatter.landmark_id, fail_after=1), formatter, PointsDataset(),
+        evaluate_model(ScriptedModel(fail_after=1), PointsDataset(),
                        batch_size=3, out_dir=tmp_path, progress=False)
-    model = ScriptedModel(formatter.landmark_id)
-    evaluate_model(model, formatter, PointsDataset(), batch_size=3, seed=5, out_dir=tmp_path, progress=False)
+    model = ScriptedModel()
+    evaluate_model(model, PointsDataset(), batch_size=3, seed=5, out_dir=tmp_path, progress=False)
     assert sum(map(len, model.calls)) == N
 
 
@@ -152,13 +148,13 @@ def test_encoder_classifier_uses_the_same_metrics(tmp_path):
     assert 0 < result.records[0]["confidence"] <= 1
 
 
-def test_bad_settings_are_reported(formatter):
+def test_bad_settings_are_reported():
     from facephi.utils.errors import FacePhiError
 
     with pytest.raises(ValueError, match="instruction_policy"):
-        evaluate_model(ScriptedModel(formatter.landmark_id), formatter, PointsDataset(), instruction_policy="x")
+        evaluate_model(ScriptedModel(), PointsDataset(), instruction_policy="x")
     with pytest.raises(FacePhiError, match="batch size"):
-        evaluate_model(ScriptedModel(formatter.landmark_id), formatter, PointsDataset(), batch_size=0, progress=False)
+        evaluate_model(ScriptedModel(), PointsDataset(), batch_size=0, progress=False)
 
 
 def write_landmark_folder(root, n: int = 12):
@@ -216,14 +212,27 @@ def tiny_facephi(directory, save: bool = True):
 
 
 def test_real_tiny_facephi_model_end_to_end(tmp_path):
+    from facephi.data.dataset import LandmarkDataset
     from facephi.landmarks.store import LandmarkSet
-    data = write_landmark_folder(tmp_path / "data")
+
+    data = LandmarkSet.load(write_landmark_folder(tmp_path / "data"))
     model = tiny_facephi(tmp_path / "memory", save=False)
-    result = evaluate_model(model, model.formatter, LandmarkSet.load(data), "test", batch_size=2,
-                            max_new_tokens=4, progress=False)
-    assert [r["index"] for r in result.records] == [1, 3, 5, 7, 9]
-    assert all(isinstance(r["answer"], str) for r in result.records)
-    assert result.metrics.n == 5 and 0 <= result.metrics.accuracy <= result.metrics.accuracy_contains
+    result = evaluate_model(model, data, "test", batch_size=2, max_new_tokens=4, progress=False)
+    indices = [1, 3, 5, 7, 9]
+    assert [r["index"] for r in result.records] == indices
+    # the answers are the model's own to each sample's normalised points and recorded instruction,
+    # asked here in one batch of 5 (evaluation used batches of 2)
+    dataset = LandmarkDataset(data, np.array(indices), model.encoder.normalizer)
+    points = torch.stack([torch.as_tensor(dataset[k]["points"]) for k in range(len(indices))])
+    answers = model.answer(points, [r["instruction"] for r in result.records], max_new_tokens=4)
+    assert [r["answer"] for r in result.records] == answers
+    # and the metrics are those of the keyword matching of these answers against the true labels
+    labels = data.labels[indices].tolist()
+    assert [r["true_index"] for r in result.records] == labels
+    matches = [match_answer(answer) for answer in answers]
+    assert result.metrics.n == 5
+    assert result.metrics.accuracy == pytest.approx(np.mean([m.correct(y) for m, y in zip(matches, labels)]))
+    assert result.metrics.accuracy_contains == pytest.approx(np.mean([m.contains(y) for m, y in zip(matches, labels)]))
 
 
 def test_eval_cli_with_a_facephi_checkpoint(tmp_path, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from facephi.landmarks import extract as extract_module
 from facephi.landmarks.extract import ExtractConfig, extract
 from facephi.landmarks.mesh import FaceMesher, MeshResult
 from facephi.landmarks.store import LandmarkSet
+from facephi.utils.errors import FacePhiError
+from facephi.utils.io import read_json
 
 DATA_FILES = ("landmarks.npy", "samples.csv", "failures.csv")
 
@@ -203,3 +206,124 @@ def test_cli_errors_are_one_line_with_nonzero_exit(tmp_path: Path, capsys: pytes
     assert exc.value.code != 0
     assert main(["extract", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
     assert "cannot detect" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- reuse / refusal / overwrite
+def small(src: Path, out: Path, **options) -> ExtractConfig:
+    return ExtractConfig(src, out, **{"workers": 1, "limit": 2, **options})
+
+
+def refuse_reruns(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_work(*args, **kwargs):
+        raise AssertionError("the extraction ran again")
+
+    monkeypatch.setattr(extract_module, "_run_tasks", no_work)
+
+
+def test_same_settings_reuse_the_finished_output(
+    example_images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    out = tmp_path / "out"
+    first = extract(small(example_images, out), progress=False)
+    assert len(first.manifest["fingerprint"]) == 64 and "overwrite" not in first.manifest["options"]
+    before = {name: (out / name).read_bytes() for name in (*DATA_FILES, "manifest.json")}
+    refuse_reruns(monkeypatch)
+    with caplog.at_level("INFO", logger="facephi.landmarks.extract"):
+        again = extract(small(example_images, out, workers=3), progress=False)  # workers: not a setting
+    assert "already extracted" in caplog.text
+    assert again.manifest == json.loads(before["manifest.json"])
+    assert {name: (out / name).read_bytes() for name in before} == before
+
+
+def test_other_settings_are_refused_naming_them_unless_overwrite(example_images: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    extract(small(example_images, out), progress=False)
+    before = (out / "manifest.json").read_bytes()
+    with pytest.raises(FacePhiError) as exc:
+        extract(small(example_images, out, crop_margin=0.3, max_side=640), progress=False)
+    message = str(exc.value)
+    assert "\n" not in message and str(out) in message and str(example_images.resolve()) in message
+    assert "crop_margin 0.2 → 0.3" in message and "max_side 1280 → 640" in message and "--overwrite" in message
+    assert (out / "manifest.json").read_bytes() == before and not (out / ".partial").exists()
+
+    with pytest.raises(FacePhiError, match="limit 2 → 1"):
+        extract(ExtractConfig(example_images, out, workers=1, limit=1), progress=False)
+
+    replaced = extract(small(example_images, out, crop_margin=0.3, overwrite=True), progress=False)
+    assert replaced.manifest["options"]["crop_margin"] == 0.3
+    assert read_json(out / "manifest.json")["options"]["crop_margin"] == 0.3
+    assert LandmarkSet.load(out).landmarks.shape == (2, 478, 3)
+
+
+def test_old_manifest_without_fingerprint_counts_as_different(example_images: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    extract(small(example_images, out), progress=False)
+    manifest = read_json(out / "manifest.json")
+    del manifest["fingerprint"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(FacePhiError, match="no fingerprint.*--overwrite"):
+        extract(small(example_images, out), progress=False)
+    assert "fingerprint" in extract(small(example_images, out, overwrite=True), progress=False).manifest
+
+
+def test_unfinished_job_of_other_settings_is_refused_unless_overwrite(
+    example_images: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "out"
+    real_process_chunk = extract_module._process_chunk
+    calls: list[int] = []
+
+    def dying_process_chunk(task):  # killed while working on the second chunk
+        calls.append(task[0])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_process_chunk(task)
+
+    monkeypatch.setattr(extract_module, "_process_chunk", dying_process_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        extract(small(example_images, out, chunk_size=1), progress=False)
+    monkeypatch.setattr(extract_module, "_process_chunk", real_process_chunk)
+    assert (out / ".partial" / "chunk_000000.json").is_file()
+
+    with pytest.raises(FacePhiError, match=r"unfinished extraction .*other settings \(crop_margin 0.2 → 0.5\)"):
+        extract(small(example_images, out, chunk_size=1, crop_margin=0.5), progress=False)
+    assert (out / ".partial" / "chunk_000000.json").is_file()  # left as it was
+
+    result = extract(small(example_images, out, chunk_size=1, crop_margin=0.5, overwrite=True), progress=False)
+    assert result.manifest["options"]["crop_margin"] == 0.5 and result.manifest["counts"]["extracted"] == 2
+    assert not (out / ".partial").exists()
+
+
+def test_a_folder_that_is_no_extraction_is_refused_but_an_empty_one_is_used(
+    example_images: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "empty").mkdir()
+    assert extract(small(example_images, tmp_path / "empty"), progress=False).manifest["counts"]["extracted"] == 2
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine\n")
+    with pytest.raises(FacePhiError, match=r"busy is not empty and holds no extraction \(notes.txt\).*--overwrite"):
+        extract(small(example_images, busy), progress=False)
+    assert sorted(p.name for p in busy.iterdir()) == ["notes.txt"]
+    extract(small(example_images, busy, overwrite=True), progress=False)
+    assert (busy / "notes.txt").read_text() == "mine\n" and (busy / "manifest.json").is_file()
+
+
+def test_no_face_at_all_is_an_error_after_writing_the_report(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4)
+    (src / "b.jpg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(range(255, -1, -1)) * 4)
+    Image.new("RGB", (200, 160), (128, 128, 128)).save(src / "c.png")
+    (src / "labels.csv").write_text("file,emotion\na.jpg,happy\nb.jpg,sad\nc.png,anger\n")
+    out = tmp_path / "out"
+    expected = f"no face found in any of the 3 images (2 × corrupt image, 1 × no face); see {out / 'failures.csv'}"
+    with pytest.raises(FacePhiError) as exc:
+        extract(ExtractConfig(src, out, workers=1), progress=False)
+    assert str(exc.value) == expected
+    assert len(read_csv(out / "failures.csv")) == 3 and read_json(out / "manifest.json")["counts"]["extracted"] == 0
+    assert not (out / ".partial").exists()
+    with pytest.raises(FacePhiError) as again:  # the rerun finds the finished extraction: same error
+        extract(ExtractConfig(src, out, workers=1), progress=False)
+    assert str(again.value) == expected
+    assert main(["extract", str(src), "--out", str(out)]) == 2

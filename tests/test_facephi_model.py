@@ -194,7 +194,7 @@ def test_fine_tuned_llm_cannot_be_saved_as_a_reference(tmp_path):
 
 
 def test_from_pretrained_errors(tmp_path):
-    with pytest.raises(FacePhiError, match="config.json missing"):
+    with pytest.raises(FacePhiError, match="config.json: missing"):
         FacePhiModel.from_pretrained(tmp_path)
     (tmp_path / "config.json").write_text('{"config_type": "facephi-landmark-encoder"}')
     with pytest.raises(FacePhiError, match="config_type"):

@@ -10,7 +10,9 @@ import torch
 from facephi.cli import main
 from facephi.labels import CLASSES
 from facephi.model.encoder import LandmarkEncoder
-from facephi.serve.predict import ENCODER, FACEPHI, LandmarkInput, Predictor, checkpoint_type, read_inputs
+from facephi.model.checkpoints import checkpoint_type
+from facephi.scoring.keywords import match_answer
+from facephi.serve.predict import ENCODER, FACEPHI, LandmarkInput, Predictor, read_inputs
 from facephi.utils.errors import FacePhiError
 from train_fixtures import write_encoder
 
@@ -49,6 +51,29 @@ def test_npy_inputs_and_their_errors(tmp_path):
     assert errors[4] == "no such file or folder"
 
 
+def test_degenerate_faces_are_input_errors_and_the_others_are_answered(encoder_dir, tmp_path):
+    np.save(tmp_path / "good.npy", raw_face())
+    np.save(tmp_path / "zero.npy", np.zeros((478, 3), np.float32))
+    line = raw_face(1)
+    line[:, 1] = 0.4  # every point on one horizontal line
+    np.save(tmp_path / "two.npy", np.stack([line, raw_face(2)]))
+    results = Predictor.from_pretrained(encoder_dir).predict(
+        [tmp_path / "good.npy", tmp_path / "zero.npy", tmp_path / "two.npy"])
+    assert [r.ok for r in results] == [True, False, False, True]
+    assert results[0].predicted in CLASSES and results[3].predicted in CLASSES
+    assert "all landmarks are zero" in results[1].error and results[1].predicted is None
+    assert "collapsed to a line" in results[2].error and results[2].probabilities is None
+
+    from test_evaluate import write_landmark_folder
+
+    folder = write_landmark_folder(tmp_path / "data", n=3)
+    landmarks = np.load(folder / "landmarks.npy")
+    landmarks[1] = 0
+    np.save(folder / "landmarks.npy", landmarks)
+    good, zero, other = read_inputs([folder])
+    assert good.error is None and other.error is None and "all landmarks are zero" in zero.error
+
+
 def test_images_non_images_and_dataset_folders(tmp_path):
     from PIL import Image
 
@@ -85,32 +110,36 @@ def test_encoder_checkpoint_predicts_classes(encoder_dir, tmp_path):
 
 
 class AnsweringModel(torch.nn.Module):
-    """FacePhiModel stand-in: answers "Anger", "I don't know", ... in turn."""
+    """FacePhiModel stand-in (``answer``): says "It shows anger.", "I don't know.", ... in turn and
+    records what it was asked."""
 
     def __init__(self, encoder):
         super().__init__()
-        self.encoder = encoder
+        self.encoder, self.asked = encoder, []
 
-    def generate(self, input_ids, attention_mask, points, max_new_tokens):
-        assert input_ids.shape[0] == len(points) and attention_mask[:, -1].all()
-        return ["It shows anger.", "I don't know."][: len(points)]
-
-
-class FixedPromptFormatter:
-    def encode_prompt(self, instruction):
-        return [1, 2, 3, len(instruction)]
-
-    def pad_prompts(self, prompts):
-        ids = torch.tensor(prompts)
-        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    def answer(self, points, instructions, max_new_tokens):
+        self.asked.append((points.clone(), list(instructions), max_new_tokens))
+        return ["It shows anger.", "I don't know.", "Surely contempt."][: len(points)]
 
 
 def test_facephi_answers_are_keyword_matched(encoder_dir):
-    model = AnsweringModel(LandmarkEncoder.from_pretrained(encoder_dir))
-    predictor = Predictor(model, FACEPHI, FixedPromptFormatter(), instruction="Which emotion?")
-    anger, unknown = predictor.predict_inputs([LandmarkInput("a", raw_face(0)), LandmarkInput("b", raw_face(1))])
-    assert anger.answer == "It shows anger." and anger.predicted == "anger" and anger.probabilities
-    assert unknown.predicted is None and unknown.ok
+    encoder = LandmarkEncoder.from_pretrained(encoder_dir)
+    model = AnsweringModel(encoder)
+    predictor = Predictor(model, FACEPHI, instruction="Which emotion?", max_new_tokens=7)
+    inputs = [LandmarkInput("a", raw_face(0)), LandmarkInput("b", raw_face(1), size=(64, 32)),
+              LandmarkInput("c", raw_face(2))]
+    anger, unknown, contempt = predictor.predict_inputs(inputs)
+    # the model is asked the predictor's instruction about the encoder-normalised landmarks
+    [(points, instructions, max_new_tokens)] = model.asked
+    raw = np.stack([i.raw for i in inputs])
+    expected_points = encoder.normalize(raw, np.array([i.size for i in inputs], np.float32))
+    assert torch.equal(points, expected_points) and instructions == ["Which emotion?"] * 3 and max_new_tokens == 7
+    # the class is the first one named in the answer; none when no class is named
+    assert (anger.predicted, unknown.predicted, contempt.predicted) == ("anger", None, "contempt")
+    assert unknown.ok and unknown.answer == "I don't know."
+    # the probabilities are the encoder's own classifier's
+    encoder_only = Predictor(encoder, ENCODER).predict_inputs(inputs)
+    assert [r.probabilities for r in (anger, unknown, contempt)] == [r.probabilities for r in encoder_only]
 
 
 def test_checkpoint_type_errors(tmp_path):
@@ -147,11 +176,24 @@ def test_cli_reports_bad_inputs_and_exit_status(encoder_dir, tmp_path, capsys):
 def test_cli_with_a_facephi_checkpoint(tmp_path, capsys):
     from test_evaluate import tiny_facephi
 
-    checkpoint = tiny_facephi(tmp_path / "facephi")
+    model = tiny_facephi(tmp_path / "facephi", save=False)
+    checkpoint = tmp_path / "facephi"
+    model.save_pretrained(checkpoint, save_llm=True)
     assert checkpoint_type(checkpoint) == FACEPHI
-    np.save(tmp_path / "faces.npy", np.stack([raw_face(0), raw_face(1)]))
+    raw = np.stack([raw_face(0), raw_face(1)])
+    np.save(tmp_path / "faces.npy", raw)
     code = main(["predict", "--model", str(checkpoint), "--json", "--max-new-tokens", "3", "--device", "cpu",
                  "--instruction", "Which emotion is this?", str(tmp_path / "faces.npy")])
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert code == 0 and len(rows) == 2
-    assert all(isinstance(r["answer"], str) and set(r["probabilities"]) == set(CLASSES) for r in rows)
+    # the saved-and-reloaded model answers exactly as the in-memory one (square images by default)
+    points = model.encoder.normalize(raw, np.ones((2, 2), np.float32))
+    answers = model.answer(points, ["Which emotion is this?"] * 2, max_new_tokens=3)
+    assert [r["answer"] for r in rows] == answers
+    predicted = [match_answer(answer).predicted for answer in answers]
+    assert [r.get("predicted") for r in rows] == [None if k is None else CLASSES[k] for k in predicted]
+    with torch.no_grad():
+        probabilities = torch.softmax(model.encoder.class_logits(points), -1).numpy()
+    for row, expected in zip(rows, probabilities):
+        assert list(row["probabilities"]) == list(CLASSES)
+        assert np.allclose([row["probabilities"][name] for name in CLASSES], expected, atol=1e-4)

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from facephi.train.checkpoint import EpochBatchSampler
-from facephi.train.presets import TrainConfig, preset
-from facephi.train.stages import balanced_subset, collate_train, train_stage
+from facephi.train.config import TrainConfig
+from facephi.landmarks.store import balanced_subset
+from facephi.train.stages import collate_train, train_stage
 from facephi.utils.errors import FacePhiError
 from train_fixtures import make_dataset, make_model, tiny_config, write_encoder, write_landmark_set, write_llm
 
@@ -34,11 +35,12 @@ def test_stage1_trains_only_the_projector(tmp_path):
     assert not _same(projector, _state(model.projector))
 
     run = tmp_path / "run"
-    for name in ("config.json", "run.json", "metrics.json", "final"):
+    for name in ("run.json", "metrics.json", "final"):
         assert (run / name).exists(), name
-    config = json.loads((run / "config.json").read_text())
-    assert config["train"]["stage"] == 1 and config["schedule"]["total_steps"] == 3
-    assert json.loads((run / "run.json").read_text())["seed"] == 0
+    assert not (run / "config.json").exists()  # config.json always means a model's config
+    recorded = json.loads((run / "run.json").read_text())
+    assert recorded["settings"]["train"]["stage"] == 1 and recorded["settings"]["schedule"]["total_steps"] == 3
+    assert recorded["seed"] == 0
     metrics = json.loads((run / "metrics.json").read_text())
     assert [row["step"] for row in metrics["log"]] == [1, 2, 3]
     assert all(np.isfinite(row["loss"]) for row in metrics["log"])
@@ -106,14 +108,15 @@ def test_collate_drops_shared_left_padding():
 
 
 def test_presets_and_overrides():
-    assert (preset("paper", 1).batch_size, preset("paper", 1).lr, preset("paper", 1).epochs) == (48, 2.5e-3, 3)
-    assert (preset("paper", 2).batch_size, preset("paper", 2).lr) == (32, 2.5e-5)
-    cpu = preset("cpu", 2)
-    assert cpu.limit_train and cpu.epochs == 1 and cpu.lr == 2.5e-5
-    assert cpu.override(lr=1e-4, epochs=None).lr == 1e-4 and cpu.override(epochs=None).epochs == 1
+    paper1, paper2 = TrainConfig.for_preset("paper", 1), TrainConfig.for_preset("paper", 2)
+    assert (paper1.batch_size, paper1.lr, paper1.epochs) == (48, 2.5e-3, 3)
+    assert (paper2.batch_size, paper2.lr) == (32, 2.5e-5)
+    cpu = TrainConfig.for_preset("cpu", 2)
+    assert cpu.limit_train == 4000 and cpu.epochs == 1 and cpu.lr == 2.5e-5 and cpu.threads == 2
+    assert cpu.replace(lr=1e-4).lr == 1e-4 and cpu.replace(lr=1e-4).epochs == 1
     assert TrainConfig.from_dict(cpu.to_dict()) == cpu
-    with pytest.raises(FacePhiError, match="unknown preset"):
-        preset("gpu", 1)
+    with pytest.raises(FacePhiError, match="unknown stage preset 'gpu'"):
+        TrainConfig.for_preset("gpu", 1)
     with pytest.raises(FacePhiError, match="LoRA"):
         TrainConfig(stage=1, lora=True)
     with pytest.raises(FacePhiError, match="not divisible"):
@@ -130,7 +133,7 @@ def test_cli_runs_both_stages_and_reports_bad_paths(tmp_path, capsys):
               "--max-length", "96", "--no-progress"]
     assert main(["train", "--stage", "1", "--encoder", str(encoder), "--llm", str(llm),
                  "--out", str(tmp_path / "run1"), *common]) == 0
-    config = json.loads((tmp_path / "run1" / "config.json").read_text())
+    config = json.loads((tmp_path / "run1" / "run.json").read_text())["settings"]
     assert config["sources"]["train_class_counts"] == [2] * 8 and config["data"]["valid_samples"] == 4
     assert config["train"]["batch_size"] == 4 and config["train"]["limit_train"] == 4000  # cpu preset kept
 
@@ -177,7 +180,7 @@ def test_run_both_stages_chains_and_continues_after_a_stop(tmp_path):
     encoder, llm = write_encoder(tmp_path / "encoder"), write_llm(tmp_path / "llm")
 
     def configs(stage: int) -> TrainConfig:
-        return tiny_config(stage, max_steps=1, limit_train=4, limit_valid=4, max_length=96)
+        return tiny_config(stage, max_steps=1, limit_train=4, limit_valid=4)
 
     class Stop(Exception):
         pass
@@ -195,6 +198,6 @@ def test_run_both_stages_chains_and_continues_after_a_stop(tmp_path):
                            on_stage_done=seen.append)
     assert [r.stage for r in seen] == [1, 2] and runs == seen
     assert runs[0].seconds is None and runs[1].seconds > 0  # stage 1 reused, stage 2 trained
-    stage2 = json.loads((tmp_path / "run" / "stage2" / "config.json").read_text())
+    stage2 = json.loads((tmp_path / "run" / "stage2" / "run.json").read_text())["settings"]
     assert stage2["sources"]["init"] == str(runs[0].model_dir.resolve())
     assert (runs[1].model_dir / "config.json").is_file()

@@ -16,7 +16,7 @@ from facephi.model.encoder import LandmarkEncoder, LandmarkEncoderConfig
 from facephi.model.facephi import FacePhiConfig, FacePhiModel
 from facephi.model.pointmlp import PointMLPConfig
 from facephi.model.projector import ProjectorConfig
-from facephi.train.presets import TrainConfig
+from facephi.train.config import TrainConfig
 from tiny_models import TinyEncoder, tiny_llm, tiny_tokenizer
 
 MAX_LENGTH = 96
@@ -38,10 +38,10 @@ def make_dataset(model: FacePhiModel, n: int = 16, seed: int = 0) -> Instruction
 
 
 def tiny_config(stage: int, **changes) -> TrainConfig:
-    base = TrainConfig(stage=stage, batch_size=4, grad_accum=2, lr=1e-2, epochs=2, max_length=MAX_LENGTH,
-                       limit_valid=None, save_every=None, log_every=1, num_threads=1, mixed_precision="no",
+    base = TrainConfig(stage=stage, batch_size=4, grad_accum=2, lr=1e-2, epochs=2,
+                       limit_valid=None, save_every=None, log_every=1, threads=1, mixed_precision="no",
                        warmup_ratio=0.25)
-    return base.override(**changes)
+    return base.replace(**changes)
 
 
 def write_landmark_set(root: Path, per_split: dict[str, int], seed: int = 0) -> Path:

@@ -18,6 +18,12 @@ from facephi.utils.errors import FacePhiError
 COMMANDS: tuple[str, ...] = ("extract", "align", "train", "eval", "predict", "reproduce", "demo")
 
 
+def add_progress_flag(parser: argparse.ArgumentParser) -> None:
+    """``--no-progress``: no progress bar or progress lines (shared by every long command)."""
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                        help="progress bar on a terminal, else a progress line every 30 s (default: on)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="facephi",
@@ -42,6 +48,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except FacePhiError as exc:
         print(f"facephi {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file system problem (permissions, disk full, ...) is the user's to fix
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        print(f"facephi {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"facephi {args.command}: interrupted", file=sys.stderr)

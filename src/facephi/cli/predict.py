@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
+
+from facephi.config import add_arguments, from_args
+from facephi.serve.config import PredictConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,16 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "or a folder written by `facephi extract`. Prints the answer and the class; bad inputs "
                     "are reported one by one (exit status 1 when every input failed).",
     )
-    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT")
-    p.add_argument("--model", required=True, type=Path, help="FacePhi model or landmark encoder checkpoint folder")
-    p.add_argument("--instruction", default=None, help="question asked (default: the paper's first instruction)")
-    p.add_argument("--image-size", nargs=2, type=float, metavar=("W", "H"), default=None,
-                   help="image size of .npy landmarks (default: a square image)")
-    p.add_argument("--max-new-tokens", type=int, default=32, help="answer length limit (default: 32)")
-    p.add_argument("--batch-size", type=int, default=16, help="inputs per batch (default: 16)")
-    p.add_argument("--json", action="store_true", help="one JSON object per input on stdout")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--device", default="auto", help="cpu, cuda, ... (default: cuda when available)")
+    add_arguments(p, PredictConfig)
     p.set_defaults(func=run)
 
 
@@ -48,20 +41,17 @@ def run(args: argparse.Namespace) -> int:
 
     from facephi.cli.eval import resolve_device
     from facephi.serve.predict import Predictor
-    from facephi.utils.errors import FacePhiError
 
-    for name in ("batch_size", "max_new_tokens", "threads"):
-        value = getattr(args, name)
-        if value is not None and value <= 0:
-            raise FacePhiError(f"--{name.replace('_', '-')} must be positive, got {value}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    predictor = Predictor.from_pretrained(args.model, instruction=args.instruction,
-                                          max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
-    predictor.model.to(resolve_device(args.device))
-    predictions = predictor.predict(args.inputs, image_size=args.image_size)
+    config = from_args(PredictConfig, args)
+    device = resolve_device(config.device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    predictor = Predictor.from_pretrained(config.model, instruction=config.instruction,
+                                          max_new_tokens=config.max_new_tokens, batch_size=config.batch_size)
+    predictor.model.to(device)
+    predictions = predictor.predict(config.inputs, image_size=config.image_size)
     for prediction in predictions:
-        if args.json:
+        if config.json:
             print(json.dumps(prediction.to_dict(), ensure_ascii=False))
         elif prediction.ok:
             print(format_prediction(prediction))

@@ -33,6 +33,7 @@ from facephi.scoring.keywords import match_answer
 from facephi.scoring.metrics import MISS, ClassificationMetrics, compute_metrics
 from facephi.eval.report import metrics_markdown, save_confusion_png
 from facephi.labels import CLASSES
+from facephi.landmarks.store import SPLIT_SEED
 from facephi.utils.errors import FacePhiError
 from facephi.utils.io import read_json, write_json, write_text
 from facephi.utils.runinfo import run_info
@@ -89,29 +90,11 @@ def choose_instruction(index: int, policy: str = "random", seed: int = 0) -> str
     raise ValueError(f"instruction_policy must be one of {INSTRUCTION_POLICIES}, got {policy!r}")
 
 
-def select_indices(landmark_set: Any, split: str, limit: int | None = None, seed: int = 0,
-                   split_seed: int = 0) -> np.ndarray:
-    """Labelled sample indices of ``split`` (``standard_splits`` for train/valid/test, else the
-    dataset's own split name); with ``limit``, a seeded random subset kept in split order."""
-    if split in ("train", "valid", "test"):
-        indices = np.asarray(landmark_set.standard_splits(split_seed)[split], dtype=np.int64)
-    else:
-        indices = np.asarray(landmark_set.indices(split), dtype=np.int64)
-    labelled = indices[np.asarray(landmark_set.labels)[indices] >= 0]
-    if len(labelled) < len(indices):
-        logger.warning("split %r: %d unlabelled samples left out", split, len(indices) - len(labelled))
-    if len(labelled) == 0:
-        raise FacePhiError(f"{landmark_set.root}: split {split!r} has no labelled samples")
-    if limit is not None and limit < len(labelled):
-        if limit <= 0:
-            raise FacePhiError(f"--limit must be positive, got {limit}")
-        labelled = np.sort(np.random.default_rng(seed).choice(labelled, size=limit, replace=False))
-    return labelled
-
-
 def _as_dataset(data: Any, split: str, normalizer: Any, limit: int | None, seed: int,
-                split_seed: int) -> Any:
-    """A ``LandmarkSet`` becomes a ``LandmarkDataset`` of ``split``; a dataset is used as is."""
+                limit_policy: str = "random") -> Any:
+    """A ``LandmarkSet`` becomes a ``LandmarkDataset`` of ``split`` (``LandmarkSet.select``: labelled
+    samples, the standard split of ``SPLIT_SEED``, a ``limit_policy`` subset of ``limit`` drawn with
+    ``seed``); a dataset is used as is."""
     if hasattr(data, "__getitem__") and hasattr(data, "__len__") and not hasattr(data, "standard_splits"):
         if limit is not None and limit < len(data):
             return torch.utils.data.Subset(data, list(range(limit)))
@@ -121,7 +104,7 @@ def _as_dataset(data: Any, split: str, normalizer: Any, limit: int | None, seed:
     if normalizer is None:
         raise FacePhiError("the model's encoder has no landmark normaliser: pass a LandmarkDataset "
                            "of already normalised landmarks instead of a LandmarkSet")
-    indices = select_indices(data, split, limit, seed, split_seed)
+    indices = data.select(split, limit, limit_policy, seed)
     return LandmarkDataset(data, indices, normalizer)
 
 
@@ -172,7 +155,7 @@ def _run(
     title: str,
 ) -> EvalResult:
     """Shared loop: resume, predict batches, append partial records, compute and write results."""
-    from tqdm.auto import tqdm
+    from facephi.utils.progress import progress_bar
 
     if batch_size <= 0:
         raise FacePhiError(f"batch size must be positive, got {batch_size}")
@@ -192,8 +175,8 @@ def _run(
     start = time.perf_counter()
     skip = {int(r["index"]) for r in done}
     records = list(done)
-    with tqdm(total=len(dataset), initial=len(done), disable=not progress, unit="sample",
-              desc=title) as bar:
+    with progress_bar(total=len(dataset), initial=len(done), enabled=progress, unit="samples",
+                      desc=title) as bar:
         for batch in _batches(dataset, batch_size, skip):
             new = predict_batch(batch)
             records.extend(new)
@@ -236,7 +219,6 @@ def _class_name(index: int | None) -> str | None:
 
 def evaluate_model(
     model: Any,
-    formatter: Any,
     data: Any,
     split: str = "test",
     *,
@@ -246,15 +228,15 @@ def evaluate_model(
     instruction: str | None = None,
     seed: int = 0,
     limit: int | None = None,
+    limit_policy: str = "random",
     out_dir: str | Path | None = None,
     progress: bool = True,
-    split_seed: int = 0,
     settings: dict[str, Any] | None = None,
 ) -> EvalResult:
-    """Greedy answers of a ``FacePhiModel`` on ``split``, scored by keyword matching.
+    """Greedy answers of a ``FacePhiModel`` (``model.answer``) on ``split``, scored by keyword matching.
 
     ``data`` is a ``LandmarkSet`` (normalised with the model encoder's normaliser, ``split`` and
-    ``limit`` applied, see :func:`select_indices`) or any dataset of ``{"points", "label",
+    ``limit`` applied, see ``LandmarkSet.select``) or any dataset of ``{"points", "label",
     "index"}`` items (used whole; ``limit`` keeps its first items). ``settings`` adds entries (e.g.
     the checkpoint path) to the recorded settings.
     """
@@ -263,7 +245,7 @@ def evaluate_model(
     if max_new_tokens <= 0:
         raise FacePhiError(f"max_new_tokens must be positive, got {max_new_tokens}")
     encoder = getattr(model, "encoder", None)
-    dataset = _as_dataset(data, split, getattr(encoder, "normalizer", None), limit, seed, split_seed)
+    dataset = _as_dataset(data, split, getattr(encoder, "normalizer", None), limit, seed, limit_policy)
     device = _device(model)
     model.eval()
 
@@ -271,13 +253,11 @@ def evaluate_model(
         indices = [int(item["index"]) for item in batch]
         texts = [instruction if instruction is not None else choose_instruction(i, instruction_policy, seed)
                  for i in indices]
-        padded = formatter.pad_prompts([formatter.encode_prompt(t) for t in texts])
         points = torch.stack([torch.as_tensor(item["points"]) for item in batch])
         with torch.inference_mode():
-            answers = model.generate(padded["input_ids"].to(device), padded["attention_mask"].to(device),
-                                     points.to(device), max_new_tokens=max_new_tokens)
+            answers = model.answer(points.to(device), texts, max_new_tokens=max_new_tokens)
         if len(answers) != len(batch):
-            raise RuntimeError(f"model.generate returned {len(answers)} answers for {len(batch)} prompts")
+            raise RuntimeError(f"model.answer returned {len(answers)} answers for {len(batch)} prompts")
         records = []
         for item, index, text, answer in zip(batch, indices, texts, answers):
             match, label = match_answer(answer), int(item["label"])
@@ -295,8 +275,9 @@ def evaluate_model(
         "kind": "facephi", "split": split, "n_samples": len(dataset), "batch_size": batch_size,
         "max_new_tokens": max_new_tokens, "decoding": "greedy",
         "instruction_policy": "fixed" if instruction is not None else instruction_policy,
-        "instruction": instruction, "seed": seed, "limit": limit, "split_seed": split_seed,
-        "keyword_rule": "first class named (strict); lenient 'contains' reported alongside",
+        "instruction": instruction, "seed": seed, "limit": limit, "limit_policy": limit_policy,
+        "split_seed": SPLIT_SEED,
+        "keyword_rule": "first class named, negated keywords ignored (strict); lenient 'contains' alongside",
         **(settings or {}),
     }
     return _run(dataset, predict_batch, recorded, batch_size, out_dir, progress, "FacePhi")
@@ -310,14 +291,14 @@ def evaluate_encoder(
     batch_size: int = 256,
     seed: int = 0,
     limit: int | None = None,
+    limit_policy: str = "random",
     out_dir: str | Path | None = None,
     progress: bool = True,
-    split_seed: int = 0,
     settings: dict[str, Any] | None = None,
 ) -> EvalResult:
     """The landmark encoder's own classifier (``class_logits``, argmax) on ``split``: the Table-1
     reference row, with the same metrics and files as :func:`evaluate_model`."""
-    dataset = _as_dataset(data, split, getattr(encoder, "normalizer", None), limit, seed, split_seed)
+    dataset = _as_dataset(data, split, getattr(encoder, "normalizer", None), limit, seed, limit_policy)
     device = _device(encoder)
     encoder.eval()
 
@@ -337,5 +318,6 @@ def evaluate_encoder(
 
     recorded = {"kind": "encoder", "objective": getattr(encoder, "objective", None), "split": split,
                 "n_samples": len(dataset), "batch_size": batch_size, "seed": seed, "limit": limit,
-                "split_seed": split_seed, **(settings or {})}
+                "limit_policy": limit_policy,
+                "split_seed": SPLIT_SEED, **(settings or {})}
     return _run(dataset, predict_batch, recorded, batch_size, out_dir, progress, "Encoder classifier")

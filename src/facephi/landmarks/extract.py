@@ -9,8 +9,13 @@ Output folder ``DIR``:
   ``path`` is relative to the source, ``width``/``height`` the size of the image the mesh saw (the
   face crop when the source gives a face box);
 - ``failures.csv``: ``path,split,reason,detail`` for every image without landmarks;
-- ``manifest.json``: source, reader, options, counts per split and class, failures by reason,
-  the run record (command, versions).
+- ``manifest.json``: source, reader, options, the job fingerprint, counts per split and class,
+  failures by reason, the run record (command, versions).
+
+``DIR`` is never silently reused or overwritten: a finished extraction with the same fingerprint
+(source, reader, options, record list) is returned as it is; another extraction (finished or in
+``.partial``) or a non-empty folder that is no extraction is refused unless ``overwrite``. A run
+that finds no face at all writes its files, then raises a FacePhiError (so does its rerun).
 
 Work is split into chunks of records processed by a pool of workers (each creates one FaceMesh);
 every finished chunk is written atomically to ``DIR/.partial/``. A killed run resumes from the
@@ -35,10 +40,11 @@ from typing import Any
 
 import numpy as np
 
+from facephi.config import Config, setting
 from facephi.labels import CLASSES
 from facephi.landmarks.images import ImageError, crop_box, load_image
 from facephi.landmarks.mesh import NUM_LANDMARKS, FaceMesher
-from facephi.landmarks.readers import SampleRecord, SourceListing, read_source
+from facephi.landmarks.readers import FORMATS, SampleRecord, SourceListing, read_source
 from facephi.utils.errors import FacePhiError
 from facephi.utils.io import read_json, save_npy, write_json, write_text
 from facephi.utils.runinfo import run_info
@@ -52,20 +58,24 @@ FAILURE_COLUMNS = ("path", "split", "reason", "detail")
 
 
 @dataclass
-class ExtractConfig:
-    """Settings of one extraction run (everything except ``workers`` is part of the resume fingerprint)."""
+class ExtractConfig(Config):
+    """Settings of one extraction run (all but ``out``, ``workers``, ``overwrite`` form the job fingerprint)."""
 
-    source: Path
-    out: Path
-    format: str = "auto"
-    workers: int | None = None  # None: all cores
-    limit: int | None = None  # at most this many records per split
-    keep_ambiguous: bool = False  # FER+: keep ambiguous images, unlabelled
-    crop_margin: float = 0.2  # face box margin (fraction of the box size on each side)
-    padding: float = 0.25  # black border of the no-face retry
-    max_side: int = 1280  # images are downscaled to this longest side before the mesh
-    max_faces: int = 4
-    chunk_size: int = 128
+    source: Path = setting(positional=True, metavar="SOURCE", help="dataset root folder")
+    out: Path = setting(metavar="DIR", help="output folder")
+    format: str = setting("auto", choices=("auto", *FORMATS), help="dataset layout (auto: detect)")
+    workers: int | None = setting(None, min=1, metavar="N", help="worker processes (default: all cores)")
+    limit: int | None = setting(None, min=1, unlimited=True, help="at most N images per split (the first N)")
+    keep_ambiguous: bool = setting(False, help="FER+: keep images without a clear plurality label (unlabelled, "
+                                               "votes kept)")
+    crop_margin: float = setting(0.2, min=0, max=2, metavar="F",
+                                 help="margin around source face boxes, as a fraction of the box")
+    padding: float = setting(0.25, min=0, max=1, cli=False, help="black border of the no-face retry")
+    max_side: int = setting(1280, min=64, max=16384, metavar="PX",
+                            help="downscale larger images to this longest side before the mesh")
+    max_faces: int = setting(4, min=1, max=64, cli=False, help="faces the mesh looks for (the largest is kept)")
+    chunk_size: int = setting(128, min=1, metavar="N", help="images per resumable chunk")
+    overwrite: bool = setting(False, help="replace an extraction with other settings (or other files) in --out")
 
 
 @dataclass
@@ -154,7 +164,13 @@ def extract(config: ExtractConfig, progress: bool = True) -> ExtractResult:
     if out.exists() and not out.is_dir():
         raise FacePhiError(f"{out}: output path exists and is not a directory")
     partial = out / PARTIAL_DIR
-    job = _open_partial(partial, config, listing.reader, records)
+    described = _describe_job(config, listing.reader, records)
+    finished = _check_out(out, config, described)
+    if finished is not None:
+        logger.info("%s: already extracted with these settings; nothing to redo", out)
+        _require_faces(out, finished)
+        return ExtractResult(out=out, manifest=finished)
+    job = _open_partial(partial, config, described)
     chunks = [records[i : i + config.chunk_size] for i in range(0, len(records), config.chunk_size)]
     pending = [c for c in range(len(chunks)) if not (partial / f"chunk_{c:06d}.json").is_file()]
     done_records = len(records) - sum(len(chunks[c]) for c in pending)
@@ -166,8 +182,9 @@ def extract(config: ExtractConfig, progress: bool = True) -> ExtractResult:
     ]
     settings = _MeshSettings(config.padding, config.max_side, config.max_faces, config.crop_margin)
     _run_tasks(tasks, settings, config.workers, len(records), done_records, progress)
-    manifest = _assemble(out, partial, chunks, records, listing, config, job["run"])
+    manifest = _assemble(out, partial, chunks, records, listing, config, job["run"], described["fingerprint"])
     shutil.rmtree(partial)
+    _require_faces(out, manifest)
     return ExtractResult(out=out, manifest=manifest)
 
 
@@ -185,36 +202,123 @@ def _apply_limit(records: list[SampleRecord], limit: int | None) -> list[SampleR
     return kept
 
 
-def _fingerprint(config: ExtractConfig, reader: str, records: list[SampleRecord]) -> str:
+_NOT_FINGERPRINTED = ("out", "workers", "overwrite")  # change nothing in the output
+
+
+def _options(config: ExtractConfig) -> dict[str, Any]:
+    """The settings recorded in ``job.json`` / ``manifest.json`` (JSON values; the source apart)."""
+    options = {k: v for k, v in asdict(config).items() if k not in (*_NOT_FINGERPRINTED, "source")}
+    return json.loads(json.dumps(options, default=str))
+
+
+def _describe_job(config: ExtractConfig, reader: str, records: list[SampleRecord]) -> dict[str, Any]:
+    """Fingerprint (settings + the record list), resolved source, reader and options of a job."""
+    source = str(Path(config.source).resolve())
+    options = _options(config)
     digest = hashlib.sha256()
-    options = {k: v for k, v in asdict(config).items() if k not in ("workers", "out")}
-    digest.update(json.dumps({"reader": reader, **options}, sort_keys=True, default=str).encode())
+    digest.update(json.dumps({"reader": reader, "source": source, **options}, sort_keys=True).encode())
     for r in records:
         digest.update(json.dumps([r.path, r.label, r.split, r.box, r.extra], sort_keys=True).encode())
-    return digest.hexdigest()
+    return {"fingerprint": digest.hexdigest(), "source": source, "reader": reader, "options": options}
 
 
-def _open_partial(partial: Path, config: ExtractConfig, reader: str, records: list[SampleRecord]) -> dict:
-    """Reuse ``.partial`` when it belongs to the same job, otherwise start it afresh."""
-    fingerprint = _fingerprint(config, reader, records)
+def _read_record(path: Path) -> dict[str, Any] | None:
+    try:
+        record = read_json(path)
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _check_out(out: Path, config: ExtractConfig, job: dict[str, Any]) -> dict[str, Any] | None:
+    """Decide what to do with what ``out`` already holds, before anything is written.
+
+    Returns the manifest of a finished extraction with the same fingerprint (nothing to redo), or
+    None: ``out`` is absent / empty / holds an unfinished job with the same fingerprint (resumed).
+    Another extraction, finished or not, or a non-empty folder that is no extraction, is refused
+    with a FacePhiError unless ``config.overwrite``; then the old job's files are removed (files
+    that are no part of an extraction are left alone, the new output is written beside them).
+    """
+    if not out.is_dir():
+        return None
+    manifest_file, partial = out / "manifest.json", out / PARTIAL_DIR
+    if manifest_file.is_file():
+        old = _read_record(manifest_file)
+        if old is not None and old.get("fingerprint") == job["fingerprint"] and not config.overwrite:
+            return old
+        what = "already holds an extraction"
+    elif (partial / "job.json").is_file():
+        old = _read_record(partial / "job.json")
+        if old is None or (old.get("fingerprint") == job["fingerprint"] and not config.overwrite):
+            return None  # resumed, or (unreadable record of an unfinished job) started afresh
+        what = "holds an unfinished extraction"
+    else:
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in (PARTIAL_DIR, ".DS_Store"))
+        if foreign and not config.overwrite:
+            shown = ", ".join(foreign[:3]) + (", …" if len(foreign) > 3 else "")
+            raise FacePhiError(f"{out} is not empty and holds no extraction ({shown}); "
+                               "pass --overwrite to write into it anyway or choose another --out")
+        if foreign:
+            logger.warning("%s: --overwrite: writing the extraction beside %d other file(s)", out, len(foreign))
+        return None
+    if not config.overwrite:
+        source = (old or {}).get("source") or "an unknown source"
+        raise FacePhiError(f"{out} {what} of {source} with other settings ({_differences(old, job)}); "
+                           "pass --overwrite to replace it or choose another --out")
+    logger.warning("%s: --overwrite: replacing the extraction there", out)
+    if manifest_file.exists():
+        manifest_file.unlink()  # first: the old output is no longer complete
+    if partial.exists():
+        shutil.rmtree(partial)
+    return None
+
+
+def _differences(old: dict[str, Any] | None, new: dict[str, Any]) -> str:
+    """``crop_margin 0.2 → 0.3, limit none → 5``: what differs between a recorded job and this one."""
+    if old is None:
+        return "its record is unreadable"
+    changes = [f"{key} {_show(old[key])} → {_show(new[key])}"
+               for key in ("source", "reader") if old.get(key) not in (None, new[key])]
+    old_options = old.get("options") or {}
+    changes += [f"{key} {_show(old_options[key])} → {_show(value)}"
+                for key, value in new["options"].items() if key in old_options and old_options[key] != value]
+    if changes:
+        return ", ".join(changes)
+    if "fingerprint" not in old or "options" not in old:
+        return "made by an older facephi that recorded no fingerprint"
+    return "the source's images or labels changed"
+
+
+def _show(value: Any) -> str:
+    return "none" if value is None else str(value)
+
+
+def _require_faces(out: Path, manifest: dict[str, Any]) -> None:
+    """An extraction without a single face is a failure: FacePhiError with the failure reasons."""
+    counts = manifest.get("counts") or {}
+    if counts.get("extracted", 1):
+        return
+    n = counts.get("records", 0)
+    reasons = sorted((manifest.get("failures") or {}).items(), key=lambda item: (-item[1], item[0]))
+    where = "the only image" if n == 1 else f"any of the {n:,} images"
+    raise FacePhiError(f"no face found in {where} ({', '.join(f'{k} × {r}' for r, k in reasons)}); "
+                       f"see {out / 'failures.csv'}")
+
+
+def _open_partial(partial: Path, config: ExtractConfig, described: dict[str, Any]) -> dict:
+    """Reuse ``.partial`` when it belongs to the same job (see ``_check_out``), otherwise start it afresh."""
     job_file = partial / "job.json"
     if job_file.is_file():
-        try:
-            job = read_json(job_file)
-        except ValueError:
-            job = {}
-        if job.get("fingerprint") == fingerprint:
+        job = _read_record(job_file) or {}
+        if job.get("fingerprint") == described["fingerprint"]:
             return job
-        logger.warning("%s belongs to a different extraction; starting over", partial)
+        logger.warning("%s: unreadable job record; starting over", partial)
     if partial.exists():
         shutil.rmtree(partial)
     manifest = Path(config.out) / "manifest.json"
     if manifest.exists():
         manifest.unlink()  # the old output is being replaced: it is no longer complete
-    job = {
-        "fingerprint": fingerprint,
-        "run": run_info(source=str(Path(config.source).resolve())),
-    }
+    job = {**described, "run": run_info(source=described["source"])}
     try:
         write_json(job_file, job)
     except OSError as exc:
@@ -223,11 +327,10 @@ def _open_partial(partial: Path, config: ExtractConfig, reader: str, records: li
 
 
 def _run_tasks(tasks: list, settings: _MeshSettings, workers: int | None, total: int, done: int, progress: bool) -> None:
-    from tqdm.auto import tqdm
+    from facephi.utils.progress import progress_bar
 
     workers = max(1, min(workers or os.cpu_count() or 1, len(tasks))) if tasks else 0
-    bar = tqdm(total=total, initial=done, unit="img", desc="extract", disable=not progress,
-               dynamic_ncols=True, smoothing=0.1)
+    bar = progress_bar(total=total, initial=done, unit="img", desc="extract", enabled=progress)
     try:
         if workers == 1:
             _init_worker(settings)
@@ -253,6 +356,7 @@ def _assemble(
     listing: SourceListing,
     config: ExtractConfig,
     run: dict[str, Any],
+    fingerprint: str,
 ) -> dict[str, Any]:
     """Concatenate finished chunks in record order into the final files (each written atomically)."""
     extra_cols: list[str] = []
@@ -298,7 +402,8 @@ def _assemble(
         "format_version": FORMAT_VERSION,
         "source": run.get("source", str(config.source)),
         "reader": listing.reader,
-        "options": {k: v for k, v in asdict(config).items() if k not in ("source", "out", "workers")},
+        "options": _options(config),
+        "fingerprint": fingerprint,  # a rerun with the same source and options reuses this output
         "num_landmarks": NUM_LANDMARKS,
         "counts": {
             "records": len(records),

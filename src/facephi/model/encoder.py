@@ -24,6 +24,7 @@ from torch.nn import functional as F
 
 from facephi.labels import CLASSES
 from facephi.landmarks.normalize import Normalizer
+from facephi.model.checkpoints import ENCODER, ENCODER_CONFIG_TYPE, check_model_dir
 from facephi.model.losses import init_logit_scale, logit_scale_value
 from facephi.model.pointmlp import PointMLPConfig, PointMLPEncoder
 from facephi.utils.errors import FacePhiError
@@ -32,7 +33,7 @@ from facephi.utils.io import atomic_path, write_json
 OBJECTIVES = ("align", "classify")
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
-CONFIG_TYPE = "facephi-landmark-encoder"
+CONFIG_TYPE = ENCODER_CONFIG_TYPE
 
 
 @dataclass
@@ -178,9 +179,7 @@ class LandmarkEncoder(nn.Module):
 
         directory = Path(directory)
         config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
-        for path in (config_path, weights_path):
-            if not path.is_file():
-                raise FacePhiError(f"{path}: missing; not a landmark encoder checkpoint")
+        check_model_dir(directory, flag=None, expect=ENCODER)  # complete, readable files
         try:
             config = LandmarkEncoderConfig.from_dict(json.loads(config_path.read_text(encoding="utf-8")))
         except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError) as exc:

@@ -26,8 +26,6 @@ the reloaded model is identical). Everything is safetensors/JSON; loading never 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -39,12 +37,13 @@ from torch import nn
 
 from facephi.data.instruction import IGNORE_INDEX, PromptFormatter, prepare_tokenizer
 from facephi.data.templates import LANDMARK_TOKEN
+from facephi.model.checkpoints import FACEPHI, FACEPHI_CONFIG_TYPE, check_model_dir
 from facephi.model.llm import DEFAULT_LLM, load_causal_lm, load_language_model
 from facephi.model.projector import Projector, ProjectorConfig
 from facephi.utils.errors import FacePhiError
-from facephi.utils.io import read_json, write_json
+from facephi.utils.io import atomic_dir, read_json, write_json
 
-CONFIG_TYPE = "facephi"
+CONFIG_TYPE = FACEPHI_CONFIG_TYPE
 """``config_type`` field of a FacePhi model's ``config.json`` (encoders use their own)."""
 
 DEFAULT_LORA: dict[str, Any] = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": "all-linear"}
@@ -252,9 +251,15 @@ class FacePhiModel(nn.Module):
         return [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
     def answer(self, points: torch.Tensor, instructions: list[str], max_new_tokens: int = 32) -> list[str]:
-        """Convenience: format ``instructions`` (one per landmark set), pad them and generate."""
+        """Greedy answers to ``instructions`` (one per landmark set of ``points`` ``[B, 478, 3]``,
+        normalised): the one prediction path (prompt layout, left padding, ``generate``) of
+        evaluation and ``facephi predict``. Inputs are moved to the model's device."""
+        if len(instructions) != len(points):
+            raise FacePhiError(f"answer: {len(instructions)} instructions for {len(points)} landmark sets")
         batch = self.formatter.pad_prompts([self.formatter.encode_prompt(text) for text in instructions])
-        return self.generate(batch["input_ids"], batch["attention_mask"], points, max_new_tokens=max_new_tokens)
+        device = self.projector.net[0].weight.device
+        return self.generate(batch["input_ids"].to(device), batch["attention_mask"].to(device),
+                             torch.as_tensor(points).to(device), max_new_tokens=max_new_tokens)
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, directory: str | os.PathLike[str], save_llm: bool | None = None) -> None:
@@ -271,9 +276,7 @@ class FacePhiModel(nn.Module):
             raise FacePhiError("save_pretrained: the LLM was fine-tuned; its weights must be saved (save_llm=True)")
         if self.config.llm_weights == "lora" and save_llm:
             raise FacePhiError("save_pretrained: with LoRA only the adapter is saved (save_llm must not be True)")
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        try:
+        with atomic_dir(directory) as tmp:
             self.encoder.save_pretrained(tmp / "encoder")
             save_file({k: v.contiguous() for k, v in self.projector.state_dict().items()}, tmp / "projector.safetensors")
             self.tokenizer.save_pretrained(tmp / "tokenizer")
@@ -283,16 +286,6 @@ class FacePhiModel(nn.Module):
             elif save_llm:
                 self.llm.save_pretrained(tmp / "llm")
             write_json(tmp / "config.json", self.config.to_dict())
-            if directory.exists():
-                old = directory.with_name(f".{directory.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(directory, old)
-                os.replace(tmp, directory)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, directory)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike[str],
@@ -301,8 +294,7 @@ class FacePhiModel(nn.Module):
         from transformers import AutoTokenizer
 
         directory = Path(directory)
-        if not (directory / "config.json").is_file():
-            raise FacePhiError(f"{directory}: not a FacePhi model folder (config.json missing)")
+        check_model_dir(directory, flag=None, expect=FACEPHI)  # every file, before the LLM is loaded
         try:
             config = FacePhiConfig.from_dict(read_json(directory / "config.json"))
         except (TypeError, ValueError) as exc:

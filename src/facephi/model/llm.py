@@ -17,21 +17,20 @@ The architecture is never inspected: the rest of FacePhi uses the model through
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from facephi.model.defaults import DEFAULT_LLM
 from facephi.utils.errors import FacePhiError
+from facephi.utils.io import atomic_dir
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_LLM = "smollm2-135m-instruct"
 
 
 @dataclass(frozen=True)
@@ -82,9 +81,117 @@ def resolve_gguf(name_or_path: str, gguf_file: str | None = None) -> Path | None
     return None
 
 
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+"""Weight files of a Hugging Face model folder, in the order transformers looks for them."""
+
+
+def weight_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """The weight files of a Hugging Face model folder (shards of an index included; missing
+    shards are listed too, so a check reports them); empty when the folder has none."""
+    folder = Path(folder)
+    for name in WEIGHT_FILES:
+        path = folder / name
+        if not path.is_file():
+            continue
+        if not name.endswith(".index.json"):
+            return [path]
+        try:
+            index = json.loads(path.read_text(encoding="utf-8"))
+            shards = sorted(set(index["weight_map"].values()))
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise FacePhiError(f"{path}: invalid weight index ({exc})") from None
+        return [path, *(folder / shard for shard in shards)]
+    return sorted(folder.glob("*.safetensors"))
+
+
+def language_model_problem(name_or_path: str, gguf_file: str | None = None) -> str | None:
+    """Why :func:`load_language_model` would not find ``(name_or_path, gguf_file)``, or None.
+
+    Cheap (nothing is loaded, no network): an embedded name needs its package and GGUF file; a
+    path must exist and be a ``.gguf`` file or a folder with ``config.json`` and weights (or
+    ``gguf_file``), whose safetensors headers must read; a hub name must already be in the local
+    Hugging Face cache. The answer is a clause to follow the name ("does not exist (moved?)");
+    an unreadable weight file raises ``FacePhiError`` naming the file.
+    """
+    from facephi.model.checkpoints import check_safetensors
+
+    if name_or_path in EMBEDDED_MODELS:
+        try:
+            EMBEDDED_MODELS[name_or_path].path()
+        except FacePhiError as exc:
+            return f"is an embedded model that is not available: {exc}"
+        return None
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return None if path.suffix == ".gguf" else "is a file but not a .gguf file"
+    if path.is_dir():
+        if gguf_file is not None:
+            return None if (path / gguf_file).is_file() else f"has no GGUF file {gguf_file}"
+        if not (path / "config.json").is_file():
+            return "has no config.json (not a Hugging Face model folder)"
+        files = weight_files(path)
+        if not files:
+            return f"has no model weights ({', '.join(WEIGHT_FILES[:2])})"
+        for file in files:
+            if file.suffix == ".safetensors":
+                check_safetensors(file)
+            elif not file.is_file():
+                return f"lacks the weight file {file.name}"
+        return None
+    if _looks_like_path(name_or_path):
+        return "does not exist (moved?)"
+    return _hub_cache_problem(name_or_path, gguf_file)
+
+
+_UNKNOWN_LLM = (f"is not an embedded model ({', '.join(EMBEDDED_MODELS)}), a .gguf file, a local folder with "
+                "config.json and weights, or a model already in the local Hugging Face cache "
+                "(nothing is downloaded at run time)")
+
+
+def _looks_like_path(name: str) -> bool:
+    """A file-system path rather than a hub name ("org/name" has at most one slash)."""
+    return (Path(name).expanduser().is_absolute() or name.startswith((".", "~")) or "\\" in name
+            or name.endswith(".gguf") or name.count("/") > 1)
+
+
+def _hub_cache_problem(name: str, gguf_file: str | None) -> str | None:
+    """None when hub model ``name`` is in the local Hugging Face cache (no network)."""
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+
+    def cached(filename: str) -> bool:
+        return isinstance(try_to_load_from_cache(name, filename), str)
+
+    try:
+        if gguf_file is not None:
+            return None if cached(gguf_file) else _UNKNOWN_LLM
+        if not cached("config.json"):
+            return _UNKNOWN_LLM
+    except HFValidationError:  # not a valid hub name either
+        return _UNKNOWN_LLM
+    if not any(cached(file) for file in WEIGHT_FILES):
+        return "is in the local Hugging Face cache without its weights (nothing is downloaded at run time)"
+    return None
+
+
+def describe_language_model(name_or_path: str, gguf_file: str | None = None) -> str:
+    """``name`` or ``name (gguf_file F)``, as error messages show a language model."""
+    return name_or_path if gguf_file is None else f"{name_or_path} (gguf_file {gguf_file})"
+
+
+def check_language_model(name_or_path: str, gguf_file: str | None = None) -> None:
+    """FacePhiError unless :func:`load_language_model` can find ``(name_or_path, gguf_file)``
+    (see :func:`language_model_problem`; cheap, nothing is loaded or downloaded)."""
+    problem = language_model_problem(name_or_path, gguf_file)
+    if problem is not None:
+        raise FacePhiError(f"language model {describe_language_model(name_or_path, gguf_file)} {problem}")
+
+
 def load_language_model(name_or_path: str = DEFAULT_LLM, gguf_file: str | None = None,
                         dtype: torch.dtype = torch.float32, use_cache: bool = True) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)``: an embedded name, a GGUF file, a local folder or a cached hub name."""
+    check_language_model(name_or_path, gguf_file)
     gguf = resolve_gguf(name_or_path, gguf_file)
     if gguf is not None:
         model, tokenizer = _load_gguf(gguf, use_cache)
@@ -157,19 +264,11 @@ def _load_gguf(gguf: Path, use_cache: bool) -> tuple[Any, Any]:
 
 
 def _write_cache(model: Any, tokenizer: Any, target: Path) -> None:
-    """Save model + tokenizer to a temporary folder, then rename it to ``target`` (atomic)."""
+    """Save model + tokenizer into ``target`` atomically (a failure only costs speed: warned)."""
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    except OSError as exc:
-        logger.warning("cannot write the model cache under %s (%s); the next load will be slow", target.parent, exc)
-        return
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)
-    except OSError as exc:  # another process won the race, or the disk is full
+        with atomic_dir(target) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+    except OSError as exc:  # no permission, disk full, or another process's cache in the way
         if not (target / "model.safetensors").is_file():
-            logger.warning("cannot write the model cache %s (%s)", target, exc)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            logger.warning("cannot write the model cache %s (%s); the next load will be slow", target, exc)

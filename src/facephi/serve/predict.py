@@ -10,9 +10,10 @@ Inputs (:func:`read_inputs`):
   by default the image is taken as square (only the aspect ratio matters after normalisation);
 * a folder written by ``facephi extract`` (every sample, with its own image size and label).
 
-A checkpoint is either a FacePhi model (answers in words; the class is read from the answer by
-keyword matching) or a landmark encoder (its own classifier only). Which one is decided by the
-``config_type`` / ``model_type`` field of its ``config.json`` (:func:`checkpoint_type`).
+A checkpoint is either a FacePhi model (answers in words, from ``FacePhiModel.answer``; the class
+is read from the answer by keyword matching) or a landmark encoder (its own classifier only).
+Which one is decided by the ``config_type`` / ``model_type`` field of its ``config.json``, and the
+folder is checked complete before loading (``facephi.model.checkpoints.check_model_dir``).
 """
 
 from __future__ import annotations
@@ -27,14 +28,13 @@ import torch
 
 from facephi.scoring.keywords import match_answer
 from facephi.labels import CLASSES
+from facephi.landmarks.validate import face_problem, face_problems
+from facephi.model.checkpoints import ENCODER, FACEPHI, check_model_dir
 from facephi.utils.errors import FacePhiError
-from facephi.utils.io import read_json
 
 logger = logging.getLogger(__name__)
 
 NUM_LANDMARKS = 478
-ENCODER = "encoder"
-FACEPHI = "facephi"
 
 
 @dataclass
@@ -84,10 +84,11 @@ def _read_npy(path: Path, size: tuple[float, float]) -> list[LandmarkInput]:
         return [LandmarkInput(str(path), error="the array holds no face ([0, 478, 3])")]
     many = len(array) > 1
     inputs = []
-    for i, face in enumerate(array.astype(np.float32)):
+    faces = array.astype(np.float32)
+    for i, (face, problem) in enumerate(zip(faces, face_problems(faces))):
         source = f"{path}[{i}]" if many else str(path)
-        if not np.all(np.isfinite(face)):
-            inputs.append(LandmarkInput(source, error="landmarks contain NaN or infinite values"))
+        if problem is not None:
+            inputs.append(LandmarkInput(source, error=f"not a usable face: {problem}"))
         else:
             inputs.append(LandmarkInput(source, face, size))
     return inputs
@@ -97,14 +98,18 @@ def _read_dataset(path: Path) -> list[LandmarkInput]:
     from facephi.landmarks.store import LandmarkSet
 
     try:
-        data = LandmarkSet.load(path)
+        data = LandmarkSet.load(path, check_faces=False)  # bad faces are refused one by one below
     except FacePhiError as exc:
         return [LandmarkInput(str(path), error=str(exc))]
-    return [
-        LandmarkInput(f"{path}:{row['path']}", data.landmarks[i], (float(data.sizes[i, 0]), float(data.sizes[i, 1])),
-                      CLASSES[data.labels[i]] if data.labels[i] >= 0 else None)
-        for i, row in enumerate(data.samples)
-    ]
+    inputs = []
+    for i, (row, problem) in enumerate(zip(data.samples, face_problems(data.landmarks))):
+        label = CLASSES[data.labels[i]] if data.labels[i] >= 0 else None
+        if problem is not None:
+            inputs.append(LandmarkInput(f"{path}:{row['path']}", label=label, error=f"not a usable face: {problem}"))
+        else:
+            inputs.append(LandmarkInput(f"{path}:{row['path']}", data.landmarks[i],
+                                        (float(data.sizes[i, 0]), float(data.sizes[i, 1])), label))
+    return inputs
 
 
 def _read_image(path: Path, mesher: Any) -> LandmarkInput:
@@ -117,6 +122,9 @@ def _read_image(path: Path, mesher: Any) -> LandmarkInput:
     result = mesher(image.rgb)
     if result.points is None:
         return LandmarkInput(str(path), error="no face found (also retried with a border)")
+    problem = face_problem(result.points)
+    if problem is not None:
+        return LandmarkInput(str(path), error=f"the face mesh is not usable: {problem}")
     if result.faces > 1:
         logger.info("%s: %d faces, using the largest", path, result.faces)
     return LandmarkInput(str(path), result.points, (float(image.width), float(image.height)))
@@ -154,50 +162,22 @@ def read_inputs(paths: Iterable[str | Path], image_size: tuple[float, float] | N
 
 
 # ------------------------------------------------------------------------------ checkpoints
-def checkpoint_type(path: str | Path) -> str:
-    """``"facephi"`` or ``"encoder"``, from the ``config_type`` (or ``model_type``) of ``config.json``.
-
-    A config without either field is a FacePhi model when it has the ``FacePhiConfig`` fields
-    ``llm`` and ``projector`` (FacePhi configs carry no type field yet).
-    """
-    from facephi.model.encoder import CONFIG_TYPE as ENCODER_TYPE
-
-    config_path = Path(path) / "config.json"
-    if not config_path.is_file():
-        raise FacePhiError(f"{config_path}: missing; {path} is not a facephi checkpoint folder")
-    try:
-        config = read_json(config_path)
-    except ValueError as exc:
-        raise FacePhiError(str(exc)) from None
-    if not isinstance(config, dict):
-        raise FacePhiError(f"{config_path}: expected a JSON object")
-    kind = config.get("config_type") or config.get("model_type")
-    if kind == ENCODER_TYPE:
-        return ENCODER
-    if kind == FACEPHI or (kind is None and {"llm", "projector"} <= set(config)):
-        return FACEPHI
-    raise FacePhiError(f"{config_path}: config_type {kind!r} is neither a FacePhi model ({FACEPHI!r}) "
-                       f"nor a landmark encoder ({ENCODER_TYPE!r})")
-
-
 class Predictor:
     """A loaded checkpoint ready to answer: ``predict(paths)`` or ``predict_inputs(inputs)``.
 
     Args:
-        model: a ``FacePhiModel`` (kind ``"facephi"``) or a ``LandmarkEncoder`` (kind ``"encoder"``).
-        formatter: the ``PromptFormatter`` of the model's tokenizer (FacePhi only).
+        model: a ``FacePhiModel`` (kind ``"facephi"``; answers through ``model.answer``) or a
+            ``LandmarkEncoder`` (kind ``"encoder"``).
         instruction: the question asked (default: the paper's first instruction).
     """
 
-    def __init__(self, model: Any, kind: str, formatter: Any = None, instruction: str | None = None,
+    def __init__(self, model: Any, kind: str, instruction: str | None = None,
                  max_new_tokens: int = 32, batch_size: int = 16) -> None:
         from facephi.data.templates import INSTRUCTIONS
 
         if kind not in (ENCODER, FACEPHI):
             raise ValueError(f"kind must be {ENCODER!r} or {FACEPHI!r}, got {kind!r}")
-        if kind == FACEPHI and formatter is None:
-            raise ValueError("a FacePhi model needs its PromptFormatter")
-        self.model, self.kind, self.formatter = model.eval(), kind, formatter
+        self.model, self.kind = model.eval(), kind
         self.instruction = instruction or INSTRUCTIONS[0]
         self.max_new_tokens, self.batch_size = int(max_new_tokens), int(batch_size)
         self.encoder = model if kind == ENCODER else model.encoder
@@ -207,17 +187,17 @@ class Predictor:
                                "cannot be prepared for it")
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, **kwargs: Any) -> "Predictor":
-        """Load a FacePhi model or landmark encoder checkpoint (see :func:`checkpoint_type`)."""
-        kind = checkpoint_type(path)
+    def from_pretrained(cls, path: str | Path, flag: str | None = "--model", **kwargs: Any) -> "Predictor":
+        """Load a FacePhi model or landmark encoder folder, checked complete first (``flag``, the
+        option that named ``path``, appears in the error messages; see ``check_model_dir``)."""
+        kind = check_model_dir(path, flag)
         if kind == ENCODER:
             from facephi.model.encoder import LandmarkEncoder
 
             return cls(LandmarkEncoder.from_pretrained(path), ENCODER, **kwargs)
         from facephi.model.facephi import FacePhiModel
 
-        model = FacePhiModel.from_pretrained(path)
-        return cls(model, FACEPHI, model.formatter, **kwargs)
+        return cls(FacePhiModel.from_pretrained(path), FACEPHI, **kwargs)
 
     def predict(self, paths: Sequence[str | Path], image_size: tuple[float, float] | None = None) -> list[Prediction]:
         """Predictions for image files, ``.npy`` landmark files and extracted dataset folders."""
@@ -243,9 +223,7 @@ class Predictor:
             probabilities = None if logits is None else torch.softmax(logits.float(), -1).cpu().numpy()
             answers: list[str | None] = [None] * len(raw)
             if self.kind == FACEPHI:
-                padded = self.formatter.pad_prompts([self.formatter.encode_prompt(self.instruction)] * len(raw))
-                answers = list(self.model.generate(padded["input_ids"].to(device), padded["attention_mask"].to(device),
-                                                   points, max_new_tokens=self.max_new_tokens))
+                answers = list(self.model.answer(points, [self.instruction] * len(raw), self.max_new_tokens))
         out = []
         for row, answer in enumerate(answers):
             probs = None if probabilities is None else {

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +27,9 @@ from torch.nn import functional as F
 
 from facephi.model.encoder import LandmarkEncoder
 from facephi.model.losses import clamp_logit_scale_, clip_contrastive_loss
-from facephi.model.text_tower import DEFAULT_TEXT_TOWER
-from facephi.train.align_options import CLASS_WEIGHTS, ENCODERS, LR_SCHEDULES, OBJECTIVES, SELECT_METRICS
+from facephi.train.config import CLASS_WEIGHTS, AlignConfig
 from facephi.train.probe import encode_features, evaluate_split
+from facephi.train.schedules import lr_factor, warmup_steps
 from facephi.utils.errors import FacePhiError
 
 logger = logging.getLogger(__name__)
@@ -38,74 +37,9 @@ logger = logging.getLogger(__name__)
 LAST_DIR = "last"
 
 
-@dataclass
-class AlignConfig:
-    """Arguments of ``facephi align``; the defaults are the paper's (AdamW, lr 2e-5, 20 epochs, batch 64)."""
-
-    data: str
-    out: str
-    objective: str = "align"
-    encoder: str = "pointmlp"
-    encoder_options: dict[str, Any] = dataclasses.field(default_factory=dict)  # PointMLPConfig overrides
-    epochs: int = 20
-    batch_size: int = 64
-    lr: float = 2e-5
-    weight_decay: float = 0.01
-    lr_schedule: str = "constant"  # or "cosine" (decay to 0 over all epochs)
-    class_weights: str = "none"  # or "balanced" / "sqrt" (classify only)
-    limit_train: int | None = None
-    limit_valid: int | None = None
-    limit_test: int | None = None
-    probe_samples: int = 5000  # training samples for the per-epoch linear probe
-    augment: str = "full"  # "mirror" or "none" (see Augmenter.preset); True / False mean full / none
-    seed: int = 0
-    threads: int | None = None
-    text_tower: str = DEFAULT_TEXT_TOWER
-    select_metric: str = "accuracy"
-    eval_batch_size: int = 256
-    resume: bool = False
-    overwrite: bool = False
-
-    def __post_init__(self) -> None:
-        self.augment = augmentation_name(self.augment)
-
-    def validate(self) -> None:
-        from facephi.landmarks.augment import AUGMENTATIONS
-
-        checks = [
-            (self.augment in AUGMENTATIONS, f"--augment must be one of {', '.join(AUGMENTATIONS)}"),
-            (self.objective in OBJECTIVES, f"--objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}"),
-            (self.encoder in ENCODERS, f"--encoder must be one of {', '.join(ENCODERS)}, got {self.encoder!r}"),
-            (self.epochs >= 1, "--epochs must be >= 1"),
-            (self.batch_size >= 2, "--batch-size must be >= 2"),
-            (self.lr > 0, "--lr must be positive"),
-            (self.weight_decay >= 0, "--weight-decay must be >= 0"),
-            (self.lr_schedule in LR_SCHEDULES, f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}"),
-            (self.class_weights in CLASS_WEIGHTS, f"--class-weights must be one of {', '.join(CLASS_WEIGHTS)}"),
-            (self.class_weights == "none" or self.objective == "classify",
-             f"--class-weights {self.class_weights} applies to --objective classify only"),
-            (self.limit_train is None or self.limit_train >= self.batch_size, "--limit-train must be >= --batch-size"),
-            (self.limit_valid is None or self.limit_valid >= 1, "--limit-valid must be >= 1"),
-            (self.limit_test is None or self.limit_test >= 1, "--limit-test must be >= 1"),
-            (self.select_metric in SELECT_METRICS, f"--select-metric must be one of {', '.join(SELECT_METRICS)}"),
-            (self.threads is None or self.threads >= 1, "--threads must be >= 1"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise FacePhiError(message)
-
-
-def augmentation_name(value: str | bool) -> str:
-    """``--augment`` value; the older boolean form (runs written before ``--augment mirror``) maps
-    True / False to "full" / "none"."""
-    if isinstance(value, bool):
-        return "full" if value else "none"
-    return value
-
-
 # Arguments that must not change when a run is resumed.
 _RESUME_FIXED = ("data", "objective", "encoder", "encoder_options", "batch_size", "limit_train", "limit_valid",
-                 "limit_test", "augment", "seed", "text_tower", "class_weights")
+                 "limit_test", "limit_policy", "augment", "seed", "text_tower", "class_weights")
 
 
 # ---------------------------------------------------------------------------- objectives
@@ -165,21 +99,13 @@ class _Split:
 
 
 def split_indices(landmark_set: Any, config: AlignConfig) -> dict[str, np.ndarray]:
-    """Labelled, finite samples of the standard train/valid/test splits; ``limit_*`` keep a seeded
-    random subset of a split (independent of the other splits' limits)."""
-    usable = (landmark_set.labels >= 0) & np.isfinite(landmark_set.landmarks).all(axis=(1, 2))
-    splits = landmark_set.standard_splits()  # the same split for every seed and command
+    """Labelled samples of the standard train/valid/test splits (``LandmarkSet.select``, the same
+    split for every seed and command); ``limit_*`` keep a seeded random subset of a split
+    (independent of the other splits' limits). Invalid faces are refused by ``LandmarkSet.load``."""
     out: dict[str, np.ndarray] = {}
     for number, name in enumerate(("train", "valid", "test")):
-        indices = np.asarray(splits.get(name, []), dtype=np.int64)
-        indices = indices[usable[indices]]
         limit = {"train": config.limit_train, "valid": config.limit_valid, "test": config.limit_test}[name]
-        if limit is not None and len(indices) > limit:
-            rng = np.random.default_rng([config.seed, 7, number])
-            indices = np.sort(rng.choice(indices, size=limit, replace=False))
-        if len(indices) == 0:
-            raise FacePhiError(f"{config.data}: no labelled samples in the {name} split")
-        out[name] = indices
+        out[name] = landmark_set.select(name, limit, "random", seed=[config.seed, 7, number])
     if len(out["train"]) < config.batch_size:
         raise FacePhiError(
             f"{config.data}: {len(out['train'])} training samples, fewer than --batch-size {config.batch_size}"
@@ -220,12 +146,6 @@ def _parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _learning_rate(config: AlignConfig, step: int, total_steps: int) -> float:
-    if config.lr_schedule == "cosine":
-        return config.lr * 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / max(total_steps, 1)))
-    return config.lr
-
-
 # ---------------------------------------------------------------------------- checkpoints
 
 def _prepare_output(config: AlignConfig, out: Path) -> dict[str, Any] | None:
@@ -240,8 +160,8 @@ def _prepare_output(config: AlignConfig, out: Path) -> dict[str, Any] | None:
         if not state_path.is_file():
             raise FacePhiError(f"{state_path}: missing; nothing to resume in {out}")
         state = read_json(state_path)
-        stored = {**state["config"], "augment": augmentation_name(state["config"].get("augment", "full"))}
-        changed = [k for k in _RESUME_FIXED if stored.get(k) != getattr(config, k)]
+        stored = AlignConfig.from_dict(state["config"], source=str(state_path)).to_dict()
+        changed = [k for k in _RESUME_FIXED if stored[k] != config.to_dict()[k]]
         if changed:
             flags = ", ".join("--" + k.replace("_", "-") for k in changed)
             raise FacePhiError(f"{out}: cannot resume with different {flags}")
@@ -256,20 +176,18 @@ def _prepare_output(config: AlignConfig, out: Path) -> dict[str, Any] | None:
 def _save_last(out: Path, model: LandmarkEncoder, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
     from safetensors.torch import save_file
 
-    from facephi.train.checkpoint import STATE_FILE, commit_dir, optimizer_state, rng_state, staging_dir
-    from facephi.utils.io import write_json
+    from facephi.train.checkpoint import STATE_FILE, optimizer_state, rng_state
+    from facephi.utils.io import atomic_dir, write_json
 
-    final = out / LAST_DIR
-    tmp = staging_dir(final)
-    model.save_pretrained(tmp)
-    tensors, meta = optimizer_state(optimizer)
-    save_file(tensors, str(tmp / "optimizer.safetensors"))
-    write_json(tmp / "optimizer.json", meta)
-    rng_meta, rng_tensors = rng_state()
-    write_json(tmp / "rng.json", rng_meta)
-    save_file(rng_tensors, str(tmp / "rng.safetensors"))
-    write_json(tmp / STATE_FILE, state)
-    commit_dir(tmp, final)
+    with atomic_dir(out / LAST_DIR) as tmp:
+        model.save_pretrained(tmp)
+        tensors, meta = optimizer_state(optimizer)
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        write_json(tmp / "optimizer.json", meta)
+        rng_meta, rng_tensors = rng_state()
+        write_json(tmp / "rng.json", rng_meta)
+        save_file(rng_tensors, str(tmp / "rng.safetensors"))
+        write_json(tmp / STATE_FILE, state)
 
 
 def _load_last(out: Path, optimizer: torch.optim.Optimizer) -> None:
@@ -290,16 +208,19 @@ def _load_last(out: Path, optimizer: torch.optim.Optimizer) -> None:
 
 # ---------------------------------------------------------------------------- the loop
 
-def train_encoder(config: AlignConfig) -> dict[str, Any]:
-    """Train, select on Valid, score Test; return the metrics written to ``OUT/metrics.json``."""
-    from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
+def train_encoder(config: AlignConfig, progress: bool = True) -> dict[str, Any]:
+    """Train, select on Valid, score Test; return the metrics written to ``OUT/metrics.json``.
 
+    Every input is checked before the first step: settings, ``out`` (free or resumable, writable),
+    the dataset, the text tower and the probe samples.
+    """
+    from torch.utils.data import DataLoader
     from facephi.data.dataset import LandmarkDataset
     from facephi.landmarks.normalize import Normalizer
     from facephi.landmarks.store import LandmarkSet
     from facephi.train.checkpoint import EpochBatchSampler
-    from facephi.utils.io import write_json
+    from facephi.utils.io import check_writable_dir, write_json
+    from facephi.utils.progress import progress_bar
     from facephi.utils.runinfo import run_info, seed_everything
 
     config.validate()
@@ -307,9 +228,12 @@ def train_encoder(config: AlignConfig) -> dict[str, Any]:
         torch.set_num_threads(config.threads)
     out = Path(config.out)
     state = _prepare_output(config, out)
+    if not Path(config.data).exists():
+        raise FacePhiError(f"{config.data}: not found (--data)")
+    landmark_set = LandmarkSet.load(config.data)
+    check_writable_dir(out, "--out")
     seed_everything(config.seed)
 
-    landmark_set = LandmarkSet.load(config.data)
     indices = split_indices(landmark_set, config)
     if state is not None:
         model = LandmarkEncoder.from_pretrained(out / LAST_DIR)
@@ -329,6 +253,9 @@ def train_encoder(config: AlignConfig) -> dict[str, Any]:
     }
     probe_rows = np.random.default_rng([config.seed, 11]).permutation(len(train_set))[: config.probe_samples]
     probe_points, probe_labels = train_set.points[probe_rows], train_set.labels[probe_rows]
+    if len(np.unique(probe_labels)) < 2:  # the per-epoch linear probe would fail after a whole epoch
+        raise config.error("probe_samples", f"the {len(probe_rows)} probe samples hold fewer than two classes; "
+                                            "raise --probe-samples or use more training data")
 
     classes = model.config.classes
     if config.objective == "align":
@@ -341,6 +268,7 @@ def train_encoder(config: AlignConfig) -> dict[str, Any]:
     sampler = EpochBatchSampler(len(train_set), config.batch_size, seed=config.seed)
     loader = DataLoader(train_set, batch_sampler=sampler, num_workers=0)
     total_steps = config.epochs * sampler.steps_per_epoch
+    warmup = warmup_steps(config.warmup_ratio, total_steps)
 
     sizes = {name: int(len(idx)) for name, idx in indices.items()}
     history: list[dict[str, Any]] = state["history"] if state else []
@@ -357,7 +285,7 @@ def train_encoder(config: AlignConfig) -> dict[str, Any]:
         "seed": config.seed, "data": str(config.data), "split_sizes": sizes,
         "select_metric": config.select_metric,
     }
-    write_json(out / "run.json", run_info(config.seed, config=dataclasses.asdict(config), split_sizes=sizes,
+    write_json(out / "run.json", run_info(config.seed, config=config.to_dict(), split_sizes=sizes,
                                           parameters=sum(p.numel() for p in model.parameters())))
 
     for epoch in range(start_epoch, config.epochs):
@@ -365,10 +293,12 @@ def train_encoder(config: AlignConfig) -> dict[str, Any]:
         sampler.set_position(epoch, 0)
         model.train()
         started, losses = time.perf_counter(), []
-        bar = tqdm(loader, desc=f"{config.objective} epoch {epoch + 1}/{config.epochs}", leave=False, disable=None)
-        for step, batch in enumerate(bar):
+        bar = progress_bar(total=sampler.steps_per_epoch * config.batch_size, unit="samples", leave=False,
+                           desc=f"{config.objective} epoch {epoch + 1}/{config.epochs}", enabled=progress)
+        for step, batch in enumerate(loader):
             for group in optimizer.param_groups:
-                group["lr"] = _learning_rate(config, epoch * sampler.steps_per_epoch + step, total_steps)
+                group["lr"] = config.lr * lr_factor(epoch * sampler.steps_per_epoch + step, schedule=config.lr_schedule,
+                                                    total_steps=total_steps, warmup=warmup)
             loss = objective.loss(model, batch["points"], batch["label"])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -376,6 +306,8 @@ def train_encoder(config: AlignConfig) -> dict[str, Any]:
             objective.after_step(model)
             losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+            bar.update(len(batch["label"]))
+        bar.close()  # off a terminal: the epoch's last progress line
         seconds = time.perf_counter() - started
         probe_features, _ = encode_features(model, probe_points, config.eval_batch_size)
         valid = evaluate_split(model, evals["valid"].points, evals["valid"].labels,
@@ -394,7 +326,7 @@ def train_encoder(config: AlignConfig) -> dict[str, Any]:
             model.config.metrics = {"select_metric": config.select_metric, "best_epoch": epoch + 1, "valid": valid}
             model.save_pretrained(out)
         _save_last(out, model, optimizer, {"epochs_done": epoch + 1, "history": history, "best": best,
-                                           "config": dataclasses.asdict(config)})
+                                           "config": config.to_dict()})
         write_json(out / "metrics.json", {"history": history, "best": best, "test": None})
 
     assert best is not None

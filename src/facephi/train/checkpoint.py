@@ -15,7 +15,6 @@ a partial checkpoint behind; ``trainer_state.json`` is the last file written.
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import shutil
@@ -28,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import Sampler
 
 from facephi.utils.errors import FacePhiError
-from facephi.utils.io import read_json, write_json
+from facephi.utils.io import read_json, replace_dir, write_json
 
 CHECKPOINTS_DIR = "checkpoints"
 STATE_FILE = "trainer_state.json"
@@ -181,9 +180,18 @@ def checkpoint_dir(run_dir: Path, global_step: int) -> Path:
     return Path(run_dir) / CHECKPOINTS_DIR / f"step-{global_step:07d}"
 
 
+def staging_path(final: Path) -> Path:
+    """The hidden staging folder of ``final``: a fixed name, so every process of a run finds it."""
+    return final.parent / f".{final.name}.tmp"
+
+
 def staging_dir(final: Path) -> Path:
-    """A fresh hidden folder beside ``final`` into which a checkpoint is written."""
-    tmp = final.parent / f".{final.name}.tmp"
+    """Create a fresh :func:`staging_path` of ``final`` (main process), for :func:`commit_dir`.
+
+    Single-process writers use ``facephi.utils.io.atomic_dir``; this pair exists because the
+    processes of a multi-GPU run all write their RNG state into the same staging folder.
+    """
+    tmp = staging_path(final)
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
@@ -191,10 +199,8 @@ def staging_dir(final: Path) -> Path:
 
 
 def commit_dir(tmp: Path, final: Path) -> None:
-    """Atomically move a completely written staging folder into place."""
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    """Move a completely written staging folder into place, replacing an old ``final``."""
+    replace_dir(tmp, final)
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:

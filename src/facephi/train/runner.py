@@ -21,75 +21,108 @@ import numpy as np
 import torch
 
 from facephi.landmarks.store import SPLIT_SEED
-from facephi.train.presets import TrainConfig
-from facephi.train.stages import FINAL_DIR, StageResult, balanced_subset, train_stage
+from facephi.model.defaults import DEFAULT_LLM
+from facephi.train.config import TrainConfig
+from facephi.train.stages import FINAL_DIR, StageResult, run_started, train_stage
 from facephi.utils.errors import FacePhiError
 from facephi.utils.runinfo import seed_everything
 
 logger = logging.getLogger(__name__)
 
 
-def load_stage_model(config: TrainConfig, encoder: str | Path | None = None, init: str | Path | None = None,
-                     llm: str | None = None, gguf_file: str | None = None) -> tuple[Any, dict[str, Any]]:
-    """The FacePhiModel a stage starts from, and the sources to record in ``config.json``."""
-    from facephi.model.facephi import FacePhiConfig, FacePhiModel
-    from facephi.model.llm import DEFAULT_LLM
-    from facephi.model.projector import ProjectorConfig
+def check_stage_inputs(config: TrainConfig, out: str | Path, *, encoder: str | Path | None = None,
+                       init: str | Path | None = None, llm: str | None = None, gguf_file: str | None = None,
+                       resume: bool = False) -> None:
+    """Every check that needs no model: sources given and complete, LLM resolvable, ``out`` free and writable."""
+    from facephi.model.checkpoints import FACEPHI, check_model_dir
+    from facephi.model.llm import check_language_model
+    from facephi.utils.io import check_writable_dir
 
     if config.stage == 1:
         if encoder is None or init is not None:
             raise FacePhiError("stage 1 starts from a landmark encoder: pass --encoder (and no --init)")
+        check_model_dir(_existing(encoder, "--encoder"), "--encoder")
+        check_language_model(llm or DEFAULT_LLM, gguf_file)
+    else:
+        if init is None or encoder is not None:
+            raise FacePhiError("stage 2 starts from a stage-1 model: pass --init RUN1/final (and no --encoder)")
+        if llm is not None or gguf_file is not None:
+            raise FacePhiError("stage 2 uses the LLM of its --init model; --llm / --gguf-file apply to stage 1")
+        if check_model_dir(_existing(init, "--init"), "--init") != FACEPHI:
+            raise FacePhiError(f"{init}: a landmark encoder, not a FacePhi model (--init); stage 1 takes it as --encoder")
+    if not resume and run_started(Path(out)):
+        raise FacePhiError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
+    check_writable_dir(out, "--out")
+
+
+def load_stage_model(config: TrainConfig, encoder: str | Path | None = None, init: str | Path | None = None,
+                     llm: str | None = None, gguf_file: str | None = None,
+                     max_length: int | None = None) -> tuple[Any, dict[str, Any]]:
+    """The FacePhiModel a stage starts from, and the sources to record in ``run.json``.
+
+    ``max_length`` (token length of the training sequences) is a setting of the model
+    (``FacePhiConfig.max_length``): stage 1 gives it to the new model (default 128), stage 2 changes
+    the ``init`` model's when given.
+    """
+    from facephi.model.facephi import FacePhiConfig, FacePhiModel
+    from facephi.model.projector import ProjectorConfig
+
+    if config.stage == 1:
         from facephi.model.encoder import LandmarkEncoder
 
         encoder_path = _existing(encoder, "--encoder")
         landmark_encoder = LandmarkEncoder.from_pretrained(encoder_path)
         if llm is not None and Path(llm).expanduser().exists():  # a local LLM: record where it is
             llm = str(Path(llm).expanduser().resolve())
-        facephi_config = FacePhiConfig(llm=llm or DEFAULT_LLM, gguf_file=gguf_file, max_length=config.max_length,
-                                       projector=ProjectorConfig(input_dim=landmark_encoder.feature_dim))
+        facephi_config = FacePhiConfig(llm=llm or DEFAULT_LLM, gguf_file=gguf_file,
+                                       projector=ProjectorConfig(input_dim=landmark_encoder.feature_dim),
+                                       **({"max_length": max_length} if max_length else {}))
         model = FacePhiModel.from_encoder(landmark_encoder, facephi_config)
         sources = {"encoder": str(encoder_path.resolve()), "llm": facephi_config.llm, "gguf_file": gguf_file}
     else:
-        if init is None or encoder is not None:
-            raise FacePhiError("stage 2 starts from a stage-1 model: pass --init RUN1/final (and no --encoder)")
-        if llm is not None or gguf_file is not None:
-            raise FacePhiError("stage 2 uses the LLM of its --init model; --llm / --gguf-file apply to stage 1")
         init_path = _existing(init, "--init")
-        if (init_path / FINAL_DIR / "config.json").is_file():
-            raise FacePhiError(f"{init_path}: this is a run directory; pass its model as --init {init_path / FINAL_DIR}")
         model = FacePhiModel.from_pretrained(init_path)
         if config.lora and model.config.llm_weights == "full":
             raise FacePhiError(f"{init_path}: its LLM is fully fine-tuned; LoRA needs a stage-1 model")
-        if model.config.max_length != config.max_length:
+        if max_length and model.config.max_length != max_length:
             from facephi.data.instruction import PromptFormatter
 
-            model.config.max_length = config.max_length
-            model.formatter = PromptFormatter(model.tokenizer, config.max_length)
+            model.config.max_length = max_length
+            model.formatter = PromptFormatter(model.tokenizer, max_length)
         sources = {"init": str(init_path.resolve()), "llm": model.config.llm, "gguf_file": model.config.gguf_file}
     if getattr(model.encoder, "normalizer", None) is None:
         raise FacePhiError(f"{sources.get('encoder') or sources.get('init')}: the landmark encoder has no "
                            "normaliser; train it with `facephi align`")
+    _check_max_length(model.formatter)
+    sources["max_length"] = model.config.max_length
     return model, sources
 
 
-def load_stage_data(model: Any, data: str | Path, config: TrainConfig) -> tuple[Any, Any, dict[str, Any]]:
-    """(train set, valid set or None, data description) as instruction datasets for ``model``."""
+def _check_max_length(formatter: Any) -> None:
+    """Refuse a ``max_length`` too short for a training sequence (longest instruction and answer)."""
+    from facephi.data.templates import ANSWER_TEMPLATES, INSTRUCTIONS
+    from facephi.labels import CLASSES, display_name
+
+    answers = [t.format(emotion=display_name(name)) for t in ANSWER_TEMPLATES for name in CLASSES]
+    try:
+        for instruction in INSTRUCTIONS:
+            for answer in answers:
+                formatter.encode_train(instruction, answer)
+    except FacePhiError:
+        raise FacePhiError(f"max_length (--max-length): {formatter.max_length} tokens cannot hold the longest "
+                           "instruction and answer, even without the system prompt; raise it (default 128)") from None
+
+
+def load_stage_data(model: Any, landmark_set: Any, config: TrainConfig) -> tuple[Any, Any, dict[str, Any]]:
+    """(train set, valid set or None, data description) of a ``LandmarkSet`` as instruction datasets for ``model``."""
     from facephi.data.dataset import LandmarkDataset
     from facephi.data.instruction import InstructionDataset
-    from facephi.landmarks.store import LandmarkSet
 
-    data_path = _existing(data, "--data")
-    landmark_set = LandmarkSet.load(data_path)
-    splits = landmark_set.standard_splits(SPLIT_SEED)
-
-    def labelled_subset(split: str, limit: int | None) -> np.ndarray:
-        indices = splits[split][landmark_set.labels[splits[split]] >= 0]
-        return indices[balanced_subset(landmark_set.labels[indices], limit, config.seed)]
-
-    train_idx = labelled_subset("train", config.limit_train)
-    if len(train_idx) == 0:
-        raise FacePhiError(f"{data_path}: the train split has no labelled sample")
-    valid_idx = labelled_subset("valid", config.limit_valid)
+    data_path = Path(landmark_set.root)
+    train_idx = landmark_set.select("train", config.limit_train, config.limit_policy, config.seed)
+    valid_labels = landmark_set.labels[landmark_set.standard_splits(SPLIT_SEED)["valid"]]
+    valid_idx = (landmark_set.select("valid", config.limit_valid, config.limit_policy, config.seed)
+                 if (valid_labels >= 0).any() else np.zeros(0, dtype=np.int64))
 
     def instructions(indices: np.ndarray) -> Any:
         base = LandmarkDataset(landmark_set, indices, model.encoder.normalizer)
@@ -105,17 +138,20 @@ def load_stage_data(model: Any, data: str | Path, config: TrainConfig) -> tuple[
 
 def run_stage(config: TrainConfig, data: str | Path, out: str | Path, *, encoder: str | Path | None = None,
               init: str | Path | None = None, llm: str | None = None, gguf_file: str | None = None,
-              resume: bool = False, stop_after: int | None = None, progress: bool = True) -> StageResult:
-    """Load the stage's model and data from paths and train it into ``out``."""
+              max_length: int | None = None, resume: bool = False, stop_after: int | None = None,
+              progress: bool = True) -> StageResult:
+    """Check every input, load the stage's model and data from paths and train it into ``out``."""
+    from facephi.landmarks.store import LandmarkSet
+
     out = Path(out)
-    if not resume and (out / "config.json").is_file():  # fail before loading an LLM
-        raise FacePhiError(f"{out} already holds a training run; pass --resume to continue it "
-                           "or choose another --out")
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)
+    check_stage_inputs(config, out, encoder=encoder, init=init, llm=llm, gguf_file=gguf_file, resume=resume)
+    landmark_set = LandmarkSet.load(_existing(data, "--data"))  # before the LLM: a bad dataset fails fast
+    if config.threads:
+        torch.set_num_threads(config.threads)
     seed_everything(config.seed)  # the new projector's initialisation
-    model, sources = load_stage_model(config, encoder=encoder, init=init, llm=llm, gguf_file=gguf_file)
-    train_set, valid_set, described = load_stage_data(model, data, config)
+    model, sources = load_stage_model(config, encoder=encoder, init=init, llm=llm, gguf_file=gguf_file,
+                                      max_length=max_length)
+    train_set, valid_set, described = load_stage_data(model, landmark_set, config)
     logger.info("stage %d: %d training samples, %d valid samples", config.stage, len(train_set),
                 len(valid_set) if valid_set is not None else 0)
     return train_stage(model, train_set, config, out, valid_set=valid_set, sources={**sources, **described},
@@ -139,11 +175,11 @@ class StageRun:
 
 def run_both_stages(configs: Callable[[int], TrainConfig], data: str | Path, base: str | Path, *,
                     encoder: str | Path, llm: str | None = None, gguf_file: str | None = None,
-                    progress: bool = True,
+                    max_length: int | None = None, progress: bool = True,
                     on_stage_done: Callable[[StageRun], None] | None = None) -> list[StageRun]:
     """Stage 1 into ``base/stage1``, then stage 2 from its final model into ``base/stage2``.
 
-    ``configs(stage)`` gives each stage's settings. A finished stage is reused, an interrupted one
+    ``configs(stage)`` gives each stage's settings; ``max_length`` is the new model's (stage 1). A finished stage is reused, an interrupted one
     resumed, so calling this again continues where a previous call stopped. ``on_stage_done`` is
     called after each stage (e.g. to record its timing before the next stage starts).
     """
@@ -154,9 +190,9 @@ def run_both_stages(configs: Callable[[int], TrainConfig], data: str | Path, bas
         if (run_dir / FINAL_DIR / "config.json").is_file():
             runs.append(StageRun(stage, run_dir, config, seconds=None, resumed=False))
         else:
-            resumed = (run_dir / "config.json").is_file()
-            sources = ({"encoder": encoder, "llm": llm, "gguf_file": gguf_file} if stage == 1
-                       else {"init": runs[0].model_dir})
+            resumed = run_started(run_dir)
+            sources = ({"encoder": encoder, "llm": llm, "gguf_file": gguf_file, "max_length": max_length}
+                       if stage == 1 else {"init": runs[0].model_dir})
             started = time.perf_counter()
             result = run_stage(config, data, run_dir, resume=resumed, progress=progress, **sources)
             if not result.finished:

@@ -6,8 +6,8 @@ or several GPUs (``accelerate launch "$(which facephi)" train ...``).
 
 Run directory::
 
-    RUN/config.json      resolved TrainConfig + sources + data sizes
-    RUN/run.json         seed, package versions, command (facephi.utils.runinfo.run_info)
+    RUN/run.json         settings (resolved TrainConfig, sources, data sizes, schedule), seed,
+                         package versions, command (facephi.utils.runinfo.run_info)
     RUN/metrics.json     loss curve, valid loss before/after, wall time, samples/s
     RUN/checkpoints/step-NNNNNNN/   latest resumable checkpoint(s) (see train.checkpoint)
     RUN/final/           FacePhiModel.save_pretrained of the trained model
@@ -16,7 +16,6 @@ Run directory::
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from facephi.train import checkpoint as ckpt
-from facephi.train.presets import TrainConfig
+from facephi.train.config import TrainConfig
+from facephi.train.schedules import build_scheduler
 from facephi.utils.errors import FacePhiError
 from facephi.utils.io import read_json, write_json
 from facephi.utils.runinfo import run_info, seed_everything
@@ -36,7 +36,8 @@ logger = logging.getLogger(__name__)
 
 FINAL_DIR = "final"
 # Fields that may change between an interrupted run and its resumption.
-RESUMABLE_CHANGES = frozenset({"save_every", "keep_checkpoints", "log_every", "num_threads"})
+RESUMABLE_CHANGES = frozenset({"save_every", "keep_checkpoints", "log_every", "threads"})
+RUN_FILE = "run.json"
 
 
 @dataclass
@@ -53,30 +54,6 @@ class StageResult:
 
 
 # ---------------------------------------------------------------------------- data helpers
-
-def balanced_subset(labels: np.ndarray, size: int | None, seed: int) -> np.ndarray:
-    """Up to ``size`` positions of ``labels``, as even across classes as the data allows.
-
-    Classes are visited round-robin, each in a seeded random order, so a class smaller than
-    its share is kept whole and the remainder is spread evenly over the larger ones. Returns
-    sorted positions; ``None`` or a size >= ``len(labels)`` keeps everything.
-    """
-    labels = np.asarray(labels)
-    if size is None or size >= len(labels):
-        return np.arange(len(labels))
-    rng = np.random.default_rng(seed)
-    pools = [rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)]
-    taken = np.zeros(len(pools), dtype=np.int64)
-    remaining = size
-    while remaining > 0:
-        open_pools = [i for i, pool in enumerate(pools) if taken[i] < len(pool)]
-        share, extra = divmod(remaining, len(open_pools))
-        for rank, i in enumerate(open_pools):
-            add = min(share + (rank < extra), len(pools[i]) - taken[i])
-            taken[i] += add
-            remaining -= add
-    return np.sort(np.concatenate([pool[:n] for pool, n in zip(pools, taken)]))
-
 
 def collate_train(items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
     """Stack left-padded training items and drop the pad columns shared by the whole batch."""
@@ -127,31 +104,41 @@ def set_train_mode(model: torch.nn.Module) -> None:
     visit(model)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total_steps: int):
-    from transformers import get_cosine_schedule_with_warmup, get_linear_schedule_with_warmup
+# ---------------------------------------------------------------------------- the run folder
 
-    warmup = math.ceil(config.warmup_ratio * total_steps)
-    make = get_cosine_schedule_with_warmup if config.scheduler == "cosine" else get_linear_schedule_with_warmup
-    return make(optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+def run_started(run_dir: Path) -> bool:
+    """True when ``run_dir`` holds training work that a new run would lose (a checkpoint or a final model).
+
+    A folder with only ``run.json`` is a start that failed before its first checkpoint: nothing
+    is lost by starting it again.
+    """
+    return bool(ckpt.list_checkpoints(run_dir)) or (Path(run_dir) / FINAL_DIR).exists()
 
 
-# ---------------------------------------------------------------------------- the loop
+def saved_settings(run_dir: Path) -> dict[str, Any] | None:
+    """The settings a run was started with (``run.json``; older runs kept them in ``config.json``)."""
+    run_file, legacy = Path(run_dir) / RUN_FILE, Path(run_dir) / "config.json"
+    if run_file.is_file() and "settings" in (data := read_json(run_file)):
+        return data["settings"]
+    if legacy.is_file() and "train" in (data := read_json(legacy)):
+        return data
+    return None
+
 
 def _check_run_dir(run_dir: Path, resolved: dict[str, Any], resume: bool) -> None:
-    """Refuse to overwrite a run; on resume, refuse a run with another configuration."""
-    config_path = run_dir / "config.json"
-    has_run = config_path.is_file() or ckpt.list_checkpoints(run_dir) or (run_dir / FINAL_DIR).exists()
-    if has_run and not resume:
+    """Refuse to overwrite a run; on resume, refuse a run with other settings."""
+    if run_started(run_dir) and not resume:
         raise FacePhiError(f"{run_dir} already holds a training run; pass --resume to continue it "
                            "or choose another --out")
-    if resume and config_path.is_file():
-        saved = read_json(config_path)
-        old, new = saved.get("train", {}), resolved["train"]
+    saved = saved_settings(run_dir) if resume else None
+    if saved is not None:
+        old = TrainConfig.from_dict(saved.get("train", {}), source=str(run_dir / RUN_FILE)).to_dict()
+        new = resolved["train"]
         changed = sorted(k for k in set(old) | set(new)
                          if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))
         changed += sorted(k for k in ("sources", "data") if saved.get(k) != resolved.get(k))
         if changed:
-            raise FacePhiError(f"{config_path}: cannot resume, the run was started with other "
+            raise FacePhiError(f"{run_dir}: cannot resume, the run was started with other "
                                f"settings ({', '.join(changed)})")
 
 
@@ -186,8 +173,8 @@ class _StageRun:
 
         self.config, self.run_dir, self.collate = config, run_dir, collate
         self.train_set, self.valid_set = train_set, valid_set
-        if config.num_threads:
-            torch.set_num_threads(config.num_threads)
+        if config.threads:
+            torch.set_num_threads(config.threads)
         self.accelerator = acc = Accelerator(  # cpu=True lets torchrun start several CPU processes
             mixed_precision=resolve_mixed_precision(config.mixed_precision),
             gradient_accumulation_steps=config.grad_accum, cpu=not torch.cuda.is_available())
@@ -219,7 +206,7 @@ class _StageRun:
         optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay)
         # The scheduler is stepped by hand once per optimizer step (accelerate's wrapper would
         # step it once per process).
-        self.scheduler = build_scheduler(optimizer, config, self.total_steps)
+        self.scheduler = build_scheduler(optimizer, config.lr_schedule, config.warmup_ratio, self.total_steps)
         self.model, self.optimizer = acc.prepare(model, optimizer)
         self.unwrapped = acc.unwrap_model(self.model)
         self.scaler = getattr(acc, "scaler", None)
@@ -241,8 +228,7 @@ class _StageRun:
                         self.global_step, self.total_steps)
         if acc.is_main_process:
             run_dir.mkdir(parents=True, exist_ok=True)
-            write_json(run_dir / "config.json", resolved)
-            write_json(run_dir / "run.json", run_info(config.seed, stage=config.stage,
+            write_json(run_dir / RUN_FILE, run_info(config.seed, settings=resolved, stage=config.stage,
                                                       resumed_at_step=self.global_step))
 
     # -- checkpoints -------------------------------------------------------------------------
@@ -251,7 +237,7 @@ class _StageRun:
         acc = self.accelerator
         target = ckpt.checkpoint_dir(self.run_dir, self.global_step)
         if not target.exists():
-            staging = target.parent / f".{target.name}.tmp"
+            staging = ckpt.staging_path(target)
             if acc.is_main_process:
                 ckpt.staging_dir(target)
             acc.wait_for_everyone()
@@ -267,11 +253,8 @@ class _StageRun:
                 ckpt.prune_checkpoints(self.run_dir, self.config.keep_checkpoints)
         if acc.is_main_process:
             write_json(self.run_dir / "metrics.json", self.metrics)
-            if final:
-                out = self.run_dir / FINAL_DIR
-                staging = ckpt.staging_dir(out)
-                self.unwrapped.save_pretrained(staging)
-                ckpt.commit_dir(staging, out)
+            if final:  # save_pretrained writes a staging folder and renames it into place
+                self.unwrapped.save_pretrained(self.run_dir / FINAL_DIR)
         acc.wait_for_everyone()
 
     # -- the loop ----------------------------------------------------------------------------
@@ -296,7 +279,7 @@ class _StageRun:
         return torch.stack(losses).mean()
 
     def run(self, stop_after: int | None, progress: bool) -> StageResult:
-        from tqdm.auto import tqdm
+        from facephi.utils.progress import progress_bar
 
         acc, config, metrics = self.accelerator, self.config, self.metrics
         invocation_start = time.perf_counter()
@@ -304,8 +287,8 @@ class _StageRun:
             metrics["valid_loss_start"] = evaluate_loss(self.model, self.valid_set, self.micro_batch, acc,
                                                         self.collate)
         set_train_mode(self.model)
-        bar = tqdm(total=self.total_steps, initial=self.global_step, desc=f"stage {config.stage}",
-                   disable=not (progress and acc.is_local_main_process), dynamic_ncols=True)
+        bar = progress_bar(total=self.total_steps, initial=self.global_step, desc=f"stage {config.stage}",
+                           unit="steps", enabled=progress and acc.is_local_main_process)
         steps_here, self.window = 0, []
 
         def keep_going() -> bool:
@@ -380,7 +363,7 @@ def train_stage(
 
     ``train_set`` / ``valid_set`` yield instruction items (``input_ids``, ``attention_mask``,
     ``labels``, ``points``); ``sources`` (paths of the encoder, initial model, LLM, data) are
-    recorded in ``config.json`` and must match on resume. ``resume=True`` continues from the
+    recorded in ``run.json`` and must match on resume. ``resume=True`` continues from the
     latest checkpoint (or starts afresh when there is none). ``stop_after`` ends this invocation
     after that many optimizer steps with a checkpoint, keeping the full run's schedule.
     """

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -30,6 +32,48 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+
+def replace_dir(staging: str | os.PathLike[str], path: str | os.PathLike[str]) -> None:
+    """Move the completely written folder ``staging`` to ``path`` (``os.replace``).
+
+    An existing ``path`` is first renamed to a hidden name beside it and removed once the new
+    folder is in place; if the final rename fails, the old folder is put back.
+    """
+    staging, path = Path(staging), Path(path)
+    if not (path.exists() or path.is_symlink()):
+        os.replace(staging, path)
+        return
+    old = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.old")
+    os.replace(path, old)
+    try:
+        os.replace(staging, path)
+    except BaseException:
+        os.replace(old, path)
+        raise
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        old.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a fresh, empty hidden staging folder beside ``path``; write the folder's content there.
+
+    When the body succeeds the staging folder replaces ``path`` (an old ``path`` is removed, see
+    :func:`replace_dir`); when it raises, the staging folder is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        os.chmod(staging, 0o777 & ~_UMASK)  # mkdtemp creates 0700; give the usual permissions
+        yield staging
+        replace_dir(staging, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # nothing left there after a successful replace
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:
@@ -69,3 +113,35 @@ def save_npy(path: str | os.PathLike[str], array: np.ndarray) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             np.save(fh, array, allow_pickle=False)
+
+
+def check_writable_dir(path: str | os.PathLike[str], flag: str) -> Path:
+    """Create ``path`` (with parents) and check that files can be written there; FacePhiError otherwise.
+
+    Run before any expensive work, so that an unwritable ``--out`` fails in the first second.
+    """
+    from facephi.utils.errors import FacePhiError
+
+    path = Path(path)
+    try:
+        if path.exists() and not path.is_dir():
+            raise FacePhiError(f"{path}: exists and is not a folder ({flag})")
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-check.", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise FacePhiError(f"{path}: cannot write here ({flag}): {exc.strerror or exc}") from None
+    return path
+
+
+def file_digest(*paths: str | os.PathLike[str]) -> str:
+    """SHA-256 of the contents of ``paths``, in order (a content fingerprint of a dataset's files)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()

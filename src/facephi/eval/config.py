@@ -1,0 +1,35 @@
+"""Settings of ``facephi eval`` (torch-free: the CLI builds its flags from these fields)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from facephi.config import Config, setting
+from facephi.landmarks.store import SUBSET_POLICIES
+
+INSTRUCTION_POLICIES = ("random", "first")
+MAX_NEW_TOKENS = 512
+"""Upper bound of ``max_new_tokens`` everywhere: the paper's answers are about 20 tokens."""
+
+
+@dataclass
+class EvalConfig(Config):
+    """What ``facephi eval`` scores, on which samples, and how it asks."""
+
+    model: Path = setting(help="FacePhi model or landmark encoder checkpoint folder")
+    data: Path = setting(help="dataset folder written by `facephi extract`")
+    out: Path = setting(help="output folder (metrics.json, predictions.jsonl, confusion.png, report.md)")
+    split: str = setting("test", help="split to evaluate (train/valid/test, or another split name of the dataset)")
+    batch_size: int = setting(16, min=1, max=4096, help="samples per batch")
+    max_new_tokens: int = setting(32, min=1, max=MAX_NEW_TOKENS, help="answer length limit in tokens")
+    limit: int | None = setting(None, min=1, unlimited=True, help="evaluate N samples of the split (see --limit-policy)")
+    limit_policy: str = setting("random", choices=SUBSET_POLICIES,
+                                help="how --limit draws its subset: random = seeded random; balanced = as even "
+                                     "across classes as the data allows")
+    instructions: str = setting("random", choices=INSTRUCTION_POLICIES,
+                                help="instruction per sample: a seeded random Table-2 template, or always the first")
+    instruction: str | None = setting(None, help="ask this fixed instruction instead")
+    seed: int = setting(0, help="seed of the instruction draw and of --limit")
+    threads: int | None = setting(None, min=1, help="torch CPU threads (default: torch's)")
+    device: str = setting("auto", help="cpu, cuda, cuda:1, ... (auto: cuda when available)")

@@ -1,0 +1,26 @@
+"""Settings of ``facephi predict`` (torch-free: the CLI builds its flags from these fields)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from facephi.config import Config, setting
+from facephi.eval.config import MAX_NEW_TOKENS
+
+
+@dataclass
+class PredictConfig(Config):
+    """Inputs of ``facephi predict`` and how they are answered."""
+
+    inputs: list[Path] = setting(positional=True, nargs="+", metavar="INPUT",
+                                 help="image, .npy landmarks [478,3] / [N,478,3], or a `facephi extract` folder")
+    model: Path = setting(help="FacePhi model or landmark encoder checkpoint folder")
+    instruction: str | None = setting(None, help="question asked (default: the paper's first instruction)")
+    image_size: list[float] | None = setting(None, nargs=2, above=0, metavar=("W", "H"),
+                                             help="image size of .npy landmarks (default: a square image)")
+    max_new_tokens: int = setting(32, min=1, max=MAX_NEW_TOKENS, help="answer length limit in tokens")
+    batch_size: int = setting(16, min=1, max=4096, help="inputs per batch")
+    json: bool = setting(False, help="one JSON object per input on stdout")
+    threads: int | None = setting(None, min=1, help="torch CPU threads (default: torch's)")
+    device: str = setting("auto", help="cpu, cuda, ... (auto: cuda when available)")
