@@ -16,7 +16,6 @@ also reported on the full Test split).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -27,8 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from facephi.landmarks.augment import AUGMENTATIONS
-from facephi.train.align_options import CLASS_WEIGHTS
+from facephi.config import add_arguments, given
+from facephi.presets import ENCODER_PRESETS
+from facephi.train.config import CLASS_WEIGHTS, AlignConfig
 
 
 def logistic_baseline(landmark_set, indices, normalizer, Cs, seed) -> dict[str, dict]:
@@ -61,22 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", required=True, help="folder for the align/ and classify/ checkpoints")
     parser.add_argument("--out", required=True, help="markdown results file")
     parser.add_argument("--reuse", action="store_true", help="score existing checkpoints, do not train")
-    parser.add_argument("--encoder", default="pointmlp-elite")
-    parser.add_argument("--encoder-option", action="append", default=[], metavar="KEY=JSON")
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--lr-schedule", default="cosine")
+    parser.add_argument("--preset", choices=tuple(ENCODER_PRESETS), default="cpu",
+                        help="encoder preset of both encoders (facephi.presets); the flags below change it")
+    add_arguments(parser, AlignConfig, exclude=("data", "out", "objective", "class_weights", "resume", "overwrite"),
+                  default_note="from --preset")
     parser.add_argument("--classify-weights", default="balanced", choices=CLASS_WEIGHTS)
-    parser.add_argument("--limit-train", type=int, default=None)
-    parser.add_argument("--limit-valid", type=int, default=None)
-    parser.add_argument("--limit-test", type=int, default=None)
-    parser.add_argument("--probe-samples", type=int, default=1000)
-    parser.add_argument("--augment", choices=AUGMENTATIONS, default="full")
-    parser.add_argument("--select-metric", default="accuracy")
     parser.add_argument("--baseline-C", type=float, nargs="+", default=[0.1, 1.0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
@@ -84,22 +74,18 @@ def main(argv: list[str] | None = None) -> int:
 
     from facephi.landmarks.store import LandmarkSet
     from facephi.model.encoder import LandmarkEncoder
-    from facephi.train.align import AlignConfig, split_indices, train_encoder
+    from facephi.train.align import split_indices, train_encoder
 
-    torch.set_num_threads(args.threads)
-    options = {k: json.loads(v) for k, _, v in (o.partition("=") for o in args.encoder_option)}
+    values = {"threads": 2, **given(args, AlignConfig)}
+    torch.set_num_threads(values["threads"])
     runs = Path(args.runs)
     configs = {
-        objective: AlignConfig(
-            data=args.data, out=str(runs / objective), objective=objective, encoder=args.encoder,
-            encoder_options=options, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-            lr_schedule=args.lr_schedule, limit_train=args.limit_train, limit_valid=args.limit_valid,
-            limit_test=args.limit_test, probe_samples=args.probe_samples, augment=args.augment,
-            seed=args.seed, threads=args.threads, select_metric=args.select_metric, overwrite=True,
-            class_weights=args.classify_weights if objective == "classify" else "none",
-        )
+        objective: AlignConfig.for_preset(
+            args.preset, **values, data=args.data, out=str(runs / objective), objective=objective, overwrite=True,
+            class_weights=args.classify_weights if objective == "classify" else "none")
         for objective in ("align", "classify")
     }
+    args.seed, args.threads = configs["align"].seed, configs["align"].threads  # for the report
     results = {}
     for objective, config in configs.items():
         if not args.reuse:
@@ -110,9 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     print("logistic-regression baseline ...", flush=True)
     landmark_set = LandmarkSet.load(args.data)
     indices = split_indices(landmark_set, configs["align"])
-    indices["test_full"] = split_indices(landmark_set, dataclasses.replace(configs["align"], limit_test=None))["test"]
-    indices["train"] = split_indices(landmark_set, dataclasses.replace(configs["align"], limit_train=None))["train"]
-    indices["valid"] = split_indices(landmark_set, dataclasses.replace(configs["align"], limit_valid=None))["valid"]
+    indices["test_full"] = split_indices(landmark_set, configs["align"].replace(limit_test=None))["test"]
+    indices["train"] = split_indices(landmark_set, configs["align"].replace(limit_train=None))["train"]
+    indices["valid"] = split_indices(landmark_set, configs["align"].replace(limit_valid=None))["valid"]
     normalizer = LandmarkEncoder.from_pretrained(runs / "align").normalizer
     baseline = logistic_baseline(landmark_set, indices, normalizer, args.baseline_C, args.seed)
 
@@ -123,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _settings(info: dict) -> str:
     """One line describing how an encoder was trained, from its ``run.json``."""
-    from facephi.train.align import augmentation_name
+    from facephi.train.config import augmentation_name
 
     config, sizes = info["config"], info["split_sizes"]
     weights = f", {config['class_weights']} class weights" if config["objective"] == "classify" else ""

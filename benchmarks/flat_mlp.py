@@ -72,12 +72,11 @@ def main() -> int:
 
     from facephi.landmarks.normalize import Normalizer
     from facephi.landmarks.store import LandmarkSet
-    from facephi.train.align import AlignConfig, split_indices
     from facephi.utils.io import write_text
 
     torch.set_num_threads(args.threads)
     landmark_set = LandmarkSet.load(args.data)
-    indices = split_indices(landmark_set, AlignConfig(data=args.data, out="", seed=args.seed))
+    indices = {split: landmark_set.select(split) for split in ("train", "valid", "test")}  # labelled, whole
     train = indices["train"]
     normalizer = Normalizer(align=True).fit(landmark_set.landmarks[train], landmark_set.sizes[train])
     flat = {split: normalizer(landmark_set.landmarks[idx], landmark_set.sizes[idx]).reshape(len(idx), -1)

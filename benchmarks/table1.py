@@ -26,14 +26,13 @@ def main() -> int:
     parser.add_argument("--report-only", action="store_true", help="write the file from the run as it stands")
     args = parser.parse_args()
 
-    from facephi.pipelines.reproduce import EVAL_LIMITS, ReproduceConfig, reproduce
+    from facephi.pipelines.reproduce import ReproduceConfig, reproduce
     from facephi.labels import CLASSES
     from facephi.utils.io import write_text
 
     run = Path(args.run)
     if not args.report_only:
-        reproduce(ReproduceConfig(data=args.data, out=args.run, preset=args.preset, threads=args.threads,
-                                  eval_limit=EVAL_LIMITS[args.preset]))
+        reproduce(ReproduceConfig.for_preset(args.preset, data=args.data, out=args.run, threads=args.threads))
     lines = [(run / "table1.md").read_text().rstrip(), "", "## Per-class recall of the LLM rows (%)", "",
              "| row | " + " | ".join(CLASSES) + " |", "|---|" + "---:|" * len(CLASSES)]
     for name in ("zero_shot", "facephi_classify", "facephi_align"):
@@ -41,7 +40,7 @@ def main() -> int:
         if path.is_file():
             per_class = json.loads(path.read_text())["per_class"]
             lines.append(f"| {name} | " + " | ".join(f"{100 * per_class[c]['recall']:.1f}" for c in CLASSES) + " |")
-    config = json.loads((run / "config.json").read_text())
+    config = json.loads((run / "run.json").read_text())["settings"]
     lines += ["", "## Settings", "", "```json", json.dumps(config, indent=2), "```", ""]
     write_text(args.out, "\n".join(lines))
     print(Path(args.out).read_text())

@@ -27,14 +27,14 @@ def timed_stages(args) -> list[dict]:
     A stage's timing is written to ``RUN/stage{N}_timing.json`` as soon as it finishes; a stage
     finished by an earlier call keeps the timing recorded then.
     """
-    from facephi.train.presets import preset
+    from facephi.train.config import TrainConfig
     from facephi.train.runner import StageRun, run_both_stages
     from facephi.utils.errors import FacePhiError
     from facephi.utils.io import read_json, write_json
 
     def configs(stage: int):
-        return preset(args.preset, stage).override(num_threads=args.threads, seed=args.seed,
-                                                   limit_train=args.limit_train)
+        limit = {} if args.limit_train is None else {"limit_train": args.limit_train}
+        return TrainConfig.for_preset(args.preset, stage, threads=args.threads, seed=args.seed, **limit)
 
     def record_timing(run: StageRun) -> None:
         timing_path = Path(args.run) / f"stage{run.stage}_timing.json"

@@ -92,6 +92,8 @@ class DemoConfig(Config):
     images: Path = setting(DEFAULT_IMAGES, help="folder of face photos (+ labels.csv)")
     model: Path | None = setting(None, help="trained FacePhi model folder (skips the miniature training)")
     work: Path = setting(Path("runs/demo"), help="folder of the miniature run")
+    llm: str | None = setting(None, metavar="NAME_OR_PATH",
+                              help=f"causal LM of the miniature run (default: the embedded {DEFAULT_LLM})")
     encoder_epochs: int = setting(20, min=1, max=1000, help="epochs of the miniature encoder alignment")
     stage_steps: int = setting(12, min=1, max=10000, help="optimizer steps of each LLM stage")
     batch_size: int = setting(10, min=2, cli=False, help="largest batch of the miniature run")

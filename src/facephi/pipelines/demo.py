@@ -83,7 +83,7 @@ def train_miniature(config: DemoConfig, progress: bool = True) -> Path:
                 "cpu", stage, **DEMO_STAGES[stage], batch_size=batch_size, max_steps=config.stage_steps,
                 epochs=config.stage_steps, save_every=config.stage_steps, seed=config.seed,
                 threads=config.threads)
-            sources: dict[str, Any] = {"encoder": previous} if stage == 1 else {"init": previous}
+            sources: dict[str, Any] = {"encoder": previous, "llm": config.llm} if stage == 1 else {"init": previous}
             run_stage(train_config, landmarks, run_dir, resume=run_started(run_dir), progress=progress, **sources)
         previous = run_dir / FINAL_DIR
     return previous
@@ -102,6 +102,9 @@ def run_demo(config: DemoConfig, progress: bool = True) -> list[Any]:
     if model is not None:
         check_model_dir(model, "--model")
     else:
+        if not truths:
+            raise FacePhiError(f"{config.images / 'labels.csv'}: missing or empty; the miniature training needs "
+                               "the photos' labels (file,emotion), or pass --model")
         print("No trained FacePhi checkpoint given: training a miniature one on the example photos.")
         model = train_miniature(config, progress)
     print(f"Answering with {model}")
