@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from facephi.utils.errors import FacePhiError
 from facephi.model.pointmlp import PointMLPConfig, PointMLPEncoder, PreExtraction
 from facephi.model.pointops import farthest_point_sample, gather_points, knn
 
@@ -85,8 +86,12 @@ def test_config_validation():
         PointMLPConfig.preset("pointnet")
     with pytest.raises(ValueError, match="equal length"):
         PointMLPConfig(pre_blocks=[1, 1])
-    with pytest.raises(ValueError, match="unknown"):
+    with pytest.raises(FacePhiError, match=r"unknown PointMLPConfig field\(s\) embed"):
         PointMLPConfig.from_dict({"embed": 3})
+    with pytest.raises(FacePhiError, match="dropout: must be a finite number"):
+        PointMLPConfig(dropout=float("nan"))
+    assert PointMLPConfig.from_dict(PointMLPConfig.preset("pointmlp-elite").to_dict()) == \
+        PointMLPConfig.preset("pointmlp-elite")
     with pytest.raises(ValueError, match="neighbours"):
         _tiny_config(k_neighbors=[6, 30])
 

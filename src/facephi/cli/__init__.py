@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from typing import Sequence
 
@@ -24,6 +25,13 @@ def add_progress_flag(parser: argparse.ArgumentParser) -> None:
                         help="progress bar on a terminal, else a progress line every 30 s (default: on)")
 
 
+def _quiet_model_loading() -> None:
+    """No Hugging Face progress bars ("Loading weights", "Writing model shards"): the commands say what they do."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:  # imported already (tests, or a caller of main())
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="facephi",
@@ -40,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _quiet_model_loading()
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",

@@ -11,17 +11,17 @@ executed on load.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from facephi.config import Config
 from facephi.labels import CLASSES
 from facephi.landmarks.normalize import Normalizer
 from facephi.model.checkpoints import ENCODER, ENCODER_CONFIG_TYPE, check_model_dir
@@ -37,11 +37,11 @@ CONFIG_TYPE = ENCODER_CONFIG_TYPE
 
 
 @dataclass
-class LandmarkEncoderConfig:
+class LandmarkEncoderConfig(Config):
     """Everything needed to rebuild a :class:`LandmarkEncoder` (JSON-able).
 
     Attributes:
-        backbone: the ``PointMLPConfig`` as a dict (``dataclasses.asdict``).
+        backbone: the ``PointMLPConfig`` as a dict (``PointMLPConfig.to_dict``).
         objective: ``"align"`` or ``"classify"``.
         classes: class names, index order of the logits.
         normalizer: ``Normalizer.to_dict()`` (template included); ``None`` = inputs already normalised.
@@ -52,7 +52,7 @@ class LandmarkEncoderConfig:
         training: a summary of how it was trained (filled by training).
     """
 
-    backbone: dict[str, Any] = field(default_factory=lambda: dataclasses.asdict(PointMLPConfig.preset("pointmlp")))
+    backbone: dict[str, Any] = field(default_factory=lambda: PointMLPConfig.preset("pointmlp").to_dict())
     objective: str = "align"
     classes: list[str] = field(default_factory=lambda: list(CLASSES))
     normalizer: dict[str, Any] | None = None
@@ -62,28 +62,15 @@ class LandmarkEncoderConfig:
     metrics: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
+    config_type: ClassVar[str] = CONFIG_TYPE
+
+    def check(self) -> None:
         if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+            raise self.error("objective", f"must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         if not self.classes:
-            raise ValueError("classes must not be empty")
+            raise self.error("classes", "must not be empty")
         if self.text_dim <= 0:
-            raise ValueError(f"text_dim must be positive, got {self.text_dim}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"config_type": CONFIG_TYPE, **dataclasses.asdict(self)}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "LandmarkEncoderConfig":
-        data = dict(data)
-        kind = data.pop("config_type", CONFIG_TYPE)
-        if kind != CONFIG_TYPE:
-            raise ValueError(f"config_type is {kind!r}, expected {CONFIG_TYPE!r}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown config keys {unknown}")
-        return cls(**data)
+            raise self.error("text_dim", f"must be positive, got {self.text_dim}")
 
 
 class LandmarkEncoder(nn.Module):
@@ -181,9 +168,10 @@ class LandmarkEncoder(nn.Module):
         config_path, weights_path = directory / CONFIG_NAME, directory / WEIGHTS_NAME
         check_model_dir(directory, flag=None, expect=ENCODER)  # complete, readable files
         try:
-            config = LandmarkEncoderConfig.from_dict(json.loads(config_path.read_text(encoding="utf-8")))
-        except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError) as exc:
+            data = json.loads(config_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise FacePhiError(f"{config_path}: invalid landmark encoder config ({exc})") from exc
+        config = LandmarkEncoderConfig.from_dict(data, source=str(config_path))
         model = cls(config)
         try:
             state = load_file(str(weights_path))

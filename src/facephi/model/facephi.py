@@ -28,13 +28,14 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from facephi.config import Config
 from facephi.data.instruction import IGNORE_INDEX, PromptFormatter, prepare_tokenizer
 from facephi.data.templates import LANDMARK_TOKEN
 from facephi.model.checkpoints import FACEPHI, FACEPHI_CONFIG_TYPE, check_model_dir
@@ -51,7 +52,7 @@ DEFAULT_LORA: dict[str, Any] = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05,
 
 
 @dataclass
-class FacePhiConfig:
+class FacePhiConfig(Config):
     """Configuration of a FacePhi model (``config.json`` of a saved model)."""
 
     llm: str = DEFAULT_LLM
@@ -68,20 +69,7 @@ class FacePhiConfig:
     lora: dict[str, Any] | None = None
     answer_only_head: bool = True
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"config_type": CONFIG_TYPE, **asdict(self)}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "FacePhiConfig":
-        data = dict(data)
-        kind = data.pop("config_type", CONFIG_TYPE)
-        if kind != CONFIG_TYPE:
-            raise FacePhiError(f"FacePhiConfig: config_type is {kind!r}, expected {CONFIG_TYPE!r}")
-        data["projector"] = ProjectorConfig.from_dict(data.get("projector", {}))
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise FacePhiError(f"FacePhiConfig: unknown fields {sorted(unknown)}")
-        return cls(**data)
+    config_type: ClassVar[str] = CONFIG_TYPE
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -296,9 +284,10 @@ class FacePhiModel(nn.Module):
         directory = Path(directory)
         check_model_dir(directory, flag=None, expect=FACEPHI)  # every file, before the LLM is loaded
         try:
-            config = FacePhiConfig.from_dict(read_json(directory / "config.json"))
-        except (TypeError, ValueError) as exc:
-            raise FacePhiError(f"{directory / 'config.json'}: {exc}") from exc
+            data = read_json(directory / "config.json")
+        except ValueError as exc:
+            raise FacePhiError(str(exc)) from exc
+        config = FacePhiConfig.from_dict(data, source=str(directory / "config.json"))
         if encoder_loader is None:
             from facephi.model.encoder import LandmarkEncoder
 

@@ -9,12 +9,13 @@ Linear-BN-ReLU-Dropout-Linear → the feature ``e`` (256-d by default).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from facephi.config import Config
 from facephi.model.pointops import farthest_point_sample, gather_points, knn
 
 _PRESETS: dict[str, dict[str, Any]] = {
@@ -30,7 +31,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
 
 
 @dataclass
-class PointMLPConfig:
+class PointMLPConfig(Config):
     """Hyper-parameters of :class:`PointMLPEncoder` (defaults = the ``pointmlp`` preset)."""
 
     num_points: int = 478
@@ -63,7 +64,8 @@ class PointMLPConfig:
     head_hidden_dim: int = 512
     dropout: float = 0.5
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
+        """Shape constraints between the stage lists (``ValueError``, like the rest of the model code)."""
         stages = len(self.pre_blocks)
         lists = ("dim_expansion", "pos_blocks", "k_neighbors", "reducers")
         if stages == 0 or any(len(getattr(self, name)) != stages for name in lists):
@@ -95,17 +97,6 @@ class PointMLPConfig:
         if name not in _PRESETS:
             raise ValueError(f"unknown PointMLP preset {name!r}; choose one of {sorted(_PRESETS)}")
         return cls(**{**_PRESETS[name], **overrides})
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PointMLPConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown PointMLP config keys: {', '.join(unknown)}")
-        return cls(**data)
 
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}

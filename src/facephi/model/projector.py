@@ -2,27 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from facephi.config import Config
+
 
 @dataclass
-class ProjectorConfig:
+class ProjectorConfig(Config):
     """2-layer MLP ``input_dim -> hidden_dim -> output_dim`` with GELU; ``hidden_dim`` None = ``output_dim``."""
 
     input_dim: int = 256
     output_dim: int = 576
     hidden_dim: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ProjectorConfig":
-        return cls(**data)
 
 
 class Projector(nn.Module):

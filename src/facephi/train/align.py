@@ -122,7 +122,7 @@ def _new_model(config: AlignConfig, normalizer: Any) -> LandmarkEncoder:
     except (TypeError, ValueError) as exc:
         raise FacePhiError(f"--encoder {config.encoder} with options {config.encoder_options}: {exc}") from exc
     encoder_config = LandmarkEncoderConfig(
-        backbone=dataclasses.asdict(backbone),
+        backbone=backbone.to_dict(),
         objective=config.objective,
         normalizer=normalizer.to_dict(),
     )

@@ -32,8 +32,9 @@ logger = logging.getLogger(__name__)
 
 def check_stage_inputs(config: TrainConfig, out: str | Path, *, encoder: str | Path | None = None,
                        init: str | Path | None = None, llm: str | None = None, gguf_file: str | None = None,
-                       resume: bool = False) -> None:
-    """Every check that needs no model: sources given and complete, LLM resolvable, ``out`` free and writable."""
+                       max_length: int | None = None, resume: bool = False) -> None:
+    """Every check that needs no model weights: sources given and complete, LLM resolvable, ``max_length``
+    long enough for the tokenizer, ``out`` free and writable."""
     from facephi.model.checkpoints import FACEPHI, check_model_dir
     from facephi.model.llm import check_language_model
     from facephi.utils.io import check_writable_dir
@@ -53,6 +54,27 @@ def check_stage_inputs(config: TrainConfig, out: str | Path, *, encoder: str | P
     if not resume and run_started(Path(out)):
         raise FacePhiError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
     check_writable_dir(out, "--out")
+    _check_max_length(_stage_formatter(config.stage, init, llm, gguf_file, max_length))
+
+
+def _stage_formatter(stage: int, init: str | Path | None, llm: str | None, gguf_file: str | None,
+                     max_length: int | None) -> Any:
+    """The prompt formatter the stage's model will have, from its tokenizer alone (no LLM weights)."""
+    from facephi.data.instruction import PromptFormatter, prepare_tokenizer
+    from facephi.model.facephi import FacePhiConfig
+    from facephi.model.llm import load_tokenizer
+    from facephi.utils.io import read_json
+
+    if stage == 1:
+        tokenizer = load_tokenizer(llm or DEFAULT_LLM, gguf_file)
+        length = max_length or FacePhiConfig.__dataclass_fields__["max_length"].default
+    else:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(Path(init) / "tokenizer", local_files_only=True)
+        length = max_length or read_json(Path(init) / "config.json")["max_length"]
+    prepare_tokenizer(tokenizer)
+    return PromptFormatter(tokenizer, length)
 
 
 def load_stage_model(config: TrainConfig, encoder: str | Path | None = None, init: str | Path | None = None,
@@ -93,7 +115,6 @@ def load_stage_model(config: TrainConfig, encoder: str | Path | None = None, ini
     if getattr(model.encoder, "normalizer", None) is None:
         raise FacePhiError(f"{sources.get('encoder') or sources.get('init')}: the landmark encoder has no "
                            "normaliser; train it with `facephi align`")
-    _check_max_length(model.formatter)
     sources["max_length"] = model.config.max_length
     return model, sources
 
@@ -144,7 +165,8 @@ def run_stage(config: TrainConfig, data: str | Path, out: str | Path, *, encoder
     from facephi.landmarks.store import LandmarkSet
 
     out = Path(out)
-    check_stage_inputs(config, out, encoder=encoder, init=init, llm=llm, gguf_file=gguf_file, resume=resume)
+    check_stage_inputs(config, out, encoder=encoder, init=init, llm=llm, gguf_file=gguf_file, max_length=max_length,
+                       resume=resume)
     landmark_set = LandmarkSet.load(_existing(data, "--data"))  # before the LLM: a bad dataset fails fast
     if config.threads:
         torch.set_num_threads(config.threads)
