@@ -118,6 +118,8 @@ def checkpoint_type(path: str | os.PathLike[str], flag: str | None = None) -> st
     if not config_path.is_file():
         if _is_run_dir(path):
             raise _run_dir_error(path, flag)
+        if (path / "landmarks.npy").is_file() and (path / "samples.csv").is_file():
+            raise FacePhiError(f"{path}: an extracted landmark set (facephi extract), not a model{_suffix(flag)}")
         raise FacePhiError(f"{config_path}: missing; {path} is not a facephi checkpoint folder{_suffix(flag)}")
     config = read_config(config_path)
     kind = _config_kind(config)

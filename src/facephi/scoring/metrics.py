@@ -21,11 +21,12 @@ Definitions (K classes, support = number of true samples of a class):
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
+from facephi.config import Config
 from facephi.labels import CLASSES
 
 MISS = -1
@@ -41,7 +42,7 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -
 
 
 @dataclass
-class ClassificationMetrics:
+class ClassificationMetrics(Config):
     """Every number one evaluation reports; ``to_dict()`` is what ``metrics.json`` holds."""
 
     n: int
@@ -54,13 +55,6 @@ class ClassificationMetrics:
     class_names: list[str]
     ambiguous_rate: float | None = None
     accuracy_contains: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ClassificationMetrics":
-        return cls(**data)
 
 
 def _validated(values: Sequence[int] | np.ndarray, name: str, low: int, num_classes: int) -> np.ndarray:
