@@ -432,10 +432,10 @@ def test_predict_all_zero_npy_is_refused_and_the_good_one_answered(encoder, tmp_
     code, out, lines = cli(capsys, caplog, "predict", "--model", encoder, "--json", "--threads", "1",
                            "--device", "cpu", good, zero)
     assert code == 0, lines
-    rows = {row["source"]: row for row in map(json.loads, out.splitlines())}
-    assert rows[str(good)].get("predicted") in CLASSES and "error" not in rows[str(good)]
-    assert "error" in rows[str(zero)] and rows[str(zero)].get("predicted") is None
-    assert not rows[str(zero)].get("probabilities")
+    rows = {row["input"]: row for row in map(json.loads, out.splitlines())}
+    assert rows[str(good)].get("predicted_class") in CLASSES and "error" not in rows[str(good)]
+    assert "error" in rows[str(zero)] and rows[str(zero)].get("predicted_class") is None
+    assert not rows[str(zero)].get("scores")
     errors = predict_errors(lines)
     assert len(errors) == 1 and str(zero) in errors[0] and "zero" in errors[0], lines
 
@@ -472,7 +472,7 @@ def test_demo_on_unreadable_photos(tmp_path, capsys, caplog):
         (photos / f"{name}_{i}.jpg").write_bytes(b"\xff\xd8\xff\xe0 broken")
         rows.append(f"{name}_{i}.jpg,{name}")
     (photos / "labels.csv").write_text("\n".join(rows) + "\n")
-    line = one_error(capsys, caplog, "demo", "--images", photos, "--work", tmp_path / "work",
+    line = one_error(capsys, caplog, "demo", "--train-from-scratch", "--images", photos, "--work", tmp_path / "work",
                      "--encoder-epochs", "1", "--stage-steps", "1", "--threads", "1", "--no-progress")
     assert "no labelled sample" not in line and "train split" not in line, line
     assert "no face" in line and "3 images" in line, line

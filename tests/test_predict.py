@@ -79,13 +79,18 @@ def test_images_non_images_and_dataset_folders(tmp_path):
 
     Image.new("RGB", (64, 64), (200, 180, 160)).save(tmp_path / "blank.png")
     (tmp_path / "notes.txt").write_text("hello")
-    (tmp_path / "empty_dataset").mkdir()
-    inputs = read_inputs([EXAMPLE_FACE, tmp_path / "blank.png", tmp_path / "notes.txt", tmp_path / "empty_dataset"])
-    face, blank, text, folder = inputs
+    (tmp_path / "broken_dataset").mkdir()
+    (tmp_path / "broken_dataset" / "samples.csv").write_text("index,path,label,split,width,height\n")
+    (tmp_path / "empty").mkdir()
+    inputs = read_inputs([EXAMPLE_FACE, tmp_path / "blank.png", tmp_path / "notes.txt", tmp_path / "broken_dataset",
+                          tmp_path / "empty"])
+    face, blank, text, folder, empty = inputs
     assert face.error is None and face.raw.shape == (478, 3) and face.size[0] > 8
-    assert blank.error.startswith("no face found")
+    assert face.faces == 1 and face.face == 0 and len(face.box) == 4
+    assert blank.error.startswith("no face found") and blank.faces == 0
     assert "not an image" in text.error
-    assert "landmarks.npy: missing" in folder.error
+    assert "landmarks.npy: missing" in folder.error  # samples.csv: meant as a `facephi extract` folder
+    assert empty.error.startswith("no image files")
 
     from test_evaluate import write_landmark_folder
 
@@ -137,7 +142,8 @@ def test_facephi_answers_are_keyword_matched(encoder_dir):
     # the class is the first one named in the answer; none when no class is named
     assert (anger.predicted, unknown.predicted, contempt.predicted) == ("anger", None, "contempt")
     assert unknown.ok and unknown.answer == "I don't know."
-    # the probabilities are the encoder's own classifier's
+    # without class_probabilities (likelihood scoring) the probabilities are the encoder's own classifier's
+    assert predictor.scores_from == "encoder" and anger.scores_from == "encoder" and anger.to_dict()["scores_from"] == "encoder"
     encoder_only = Predictor(encoder, ENCODER).predict_inputs(inputs)
     assert [r.probabilities for r in (anger, unknown, contempt)] == [r.probabilities for r in encoder_only]
 
@@ -161,7 +167,8 @@ def test_cli_reports_bad_inputs_and_exit_status(encoder_dir, tmp_path, capsys):
     out, err = capsys.readouterr()
     assert code == 0
     rows = [json.loads(line) for line in out.splitlines()]
-    assert rows[0]["predicted"] in CLASSES and "error" in rows[1]
+    assert rows[0]["predicted_class"] in CLASSES and rows[0]["scores_from"] == "encoder" and rows[0]["answer"] is None
+    assert rows[1] == {"input": str(tmp_path / "bad.npy"), "error": rows[1]["error"]}
     assert "bad.npy: wrong array shape [3, 3]" in err and "1 of 2 inputs failed" in err
 
     assert main(["predict", "--model", str(encoder_dir), str(tmp_path / "bad.npy")]) == 1
@@ -191,9 +198,10 @@ def test_cli_with_a_facephi_checkpoint(tmp_path, capsys):
     answers = model.answer(points, ["Which emotion is this?"] * 2, max_new_tokens=3)
     assert [r["answer"] for r in rows] == answers
     predicted = [match_answer(answer).predicted for answer in answers]
-    assert [r.get("predicted") for r in rows] == [None if k is None else CLASSES[k] for k in predicted]
+    assert [r["predicted_class"] for r in rows] == [None if k is None else CLASSES[k] for k in predicted]
+    # the scores are the model's likelihood class probabilities (FacePhiModel.class_probabilities)
     with torch.no_grad():
-        probabilities = torch.softmax(model.encoder.class_logits(points), -1).numpy()
+        probabilities = model.class_probabilities(points, ["Which emotion is this?"] * 2).numpy()
     for row, expected in zip(rows, probabilities):
-        assert list(row["probabilities"]) == list(CLASSES)
-        assert np.allclose([row["probabilities"][name] for name in CLASSES], expected, atol=1e-4)
+        assert list(row["scores"]) == list(CLASSES) and row["scores_from"] == "likelihood"
+        assert np.allclose([row["scores"][name] for name in CLASSES], expected, atol=1e-4)

@@ -16,7 +16,7 @@ from facephi.utils.errors import FacePhiError
 # adds sets ``func`` to a callable taking the parsed namespace and returning an exit code.
 # Command modules import heavy libraries (torch, mediapipe) inside their ``run`` so that
 # ``facephi --help`` stays fast.
-COMMANDS: tuple[str, ...] = ("extract", "align", "train", "eval", "predict", "reproduce", "demo")
+COMMANDS: tuple[str, ...] = ("extract", "align", "train", "eval", "predict", "reproduce", "demo", "serve")
 
 
 def add_progress_flag(parser: argparse.ArgumentParser) -> None:

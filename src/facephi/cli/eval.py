@@ -16,7 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Greedy answers of a FacePhi model scored by the paper's keyword matching (or the "
                     "classifier of a landmark encoder checkpoint): accuracy, balanced accuracy, macro-F1, "
                     "per-class recall, keyword-miss rate. Writes metrics.json, predictions.jsonl, "
-                    "confusion.png and report.md to --out; an interrupted run resumes.",
+                    "confusion.png and report.md to --out; an interrupted run resumes. --mode score ranks the "
+                    "8 class answers by likelihood instead (class probabilities, calibration, reliability.png); "
+                    "--mode both does the two.",
     )
     add_arguments(p, EvalConfig)
     add_progress_flag(p)
@@ -73,10 +75,20 @@ def run(args: argparse.Namespace) -> int:
         model = FacePhiModel.from_pretrained(config.model).to(device)
         result = evaluate_model(model, data, config.split, batch_size=config.batch_size,
                                 max_new_tokens=config.max_new_tokens, instruction_policy=config.instructions,
-                                instruction=config.instruction, **common)
+                                instruction=config.instruction, mode=config.mode,
+                                score_templates=config.score_templates,
+                                prior=config.prior_from if config.prior_correction else None, **common)
     width = max(len(label) for label, _ in summary_lines(result.metrics))
     print(f"{kind} {config.model} on {config.data} [{config.split}] in {result.seconds:.0f} s")
     for label, value in summary_lines(result.metrics):
         print(f"  {label:<{width}}  {value}")
-    print(f"  -> {config.out}/report.md, metrics.json, predictions.jsonl, confusion.png")
+    for key, label in (("score", "Class scoring"), ("score_prior_corrected", "Class scoring, prior corrected")):
+        if key in result.extra:
+            block = result.extra[key]
+            print(f"  {label}: accuracy {100 * block['accuracy']:.1f} %, macro-F1 {100 * block['macro_f1']:.1f} %, "
+                  f"ECE {100 * block['calibration']['ece']:.1f} %, NLL {block['calibration']['nll']:.3f}")
+    if "agreement" in result.extra:
+        print(f"  Agreement (generated vs scored class): {100 * result.extra['agreement']:.1f} %")
+    pngs = ", reliability.png" if "score" in result.extra else ""
+    print(f"  -> {config.out}/report.md, metrics.json, predictions.jsonl, confusion.png{pngs}")
     return 0

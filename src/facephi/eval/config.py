@@ -9,6 +9,9 @@ from facephi.config import Config, setting
 from facephi.landmarks.store import SUBSET_POLICIES
 
 INSTRUCTION_POLICIES = ("random", "first")
+EVAL_MODES = ("generate", "score", "both")
+SCORE_TEMPLATES = ("first", "all")
+"""``--score-templates`` (``FacePhiModel.class_log_likelihoods``'s ``templates``)."""
 MAX_NEW_TOKENS = 512
 """Upper bound of ``max_new_tokens`` everywhere: the paper's answers are about 20 tokens."""
 
@@ -33,3 +36,22 @@ class EvalConfig(Config):
     seed: int = setting(0, help="seed of the instruction draw and of --limit")
     threads: int | None = setting(None, min=1, help="torch CPU threads (default: torch's)")
     device: str = setting("auto", help="cpu, cuda, cuda:1, ... (auto: cuda when available)")
+    mode: str = setting("generate", choices=EVAL_MODES,
+                        help="generate = greedy answers scored by keyword matching (the paper's metric); score = "
+                             "class probabilities from the likelihood of each class's answer (argmax class, "
+                             "calibration: ECE, NLL, reliability.png); both = the two, plus their agreement rate")
+    score_templates: str = setting("first", choices=SCORE_TEMPLATES,
+                                   help="class scoring: likelihood of the first answer template, or the mean "
+                                        "likelihood over all 10 templates (the prompt still runs once; 10x the answers)")
+    prior_correction: bool = setting(False, help="also report class scoring with the class prior divided out "
+                                                 "(logit adjustment; the prior read from --prior-from)")
+    prior_from: Path | None = setting(None, help="a finished `facephi eval --mode score` (or both) folder on the "
+                                                 "valid split: its mean predicted probability per class is the prior")
+
+    def check(self) -> None:
+        if self.prior_correction and self.mode == "generate":
+            raise self.error("prior_correction", "applies to class scoring: use --mode score or both")
+        if self.prior_correction and self.prior_from is None:
+            raise self.error("prior_correction", "needs --prior-from DIR (an `eval --mode score` folder on valid)")
+        if self.prior_from is not None and not self.prior_correction:
+            raise self.error("prior_from", "is used by --prior-correction only")

@@ -15,6 +15,27 @@ Instructions (``instruction_policy``): ``"random"`` (default) draws one of the p
 instructions per sample from ``np.random.default_rng([seed, sample_index])`` — as the paper's
 data does, and independent of batch size, ``limit`` or resumption; ``"first"`` always uses
 instruction 1; ``instruction=TEXT`` uses a fixed custom text.
+
+Modes of ``evaluate_model`` (``facephi eval --mode``):
+
+* ``"generate"`` (default, the paper's metric): greedy answers read by keyword matching; files and
+  records exactly as above.
+* ``"score"``: class scoring (rank classification, ``FacePhiModel.class_log_likelihoods``): per
+  sample the 8 class probabilities (softmax of the answers' log-likelihoods, float64) and their
+  argmax. Records get ``scores`` (class -> probability) and ``scored_class``, and their
+  ``predicted`` is the scored class, so the top-level metrics of ``metrics.json`` are those of the
+  argmax. ``metrics.json`` adds a ``score`` block: the same metrics plus ``calibration``
+  (``facephi.scoring.calibration.calibration_summary``: ECE over 15 bins, NLL of the true class,
+  reliability bins), drawn in ``reliability.png``.
+* ``"both"``: generation as in ``"generate"`` (top-level metrics unchanged), the records also
+  scored, the ``score`` block and ``agreement`` (fraction of samples whose generated class, a
+  keyword miss counting as a disagreement, equals the scored argmax).
+
+With a ``prior`` (8 numbers, or a finished ``score``/``both`` evaluation folder on the valid split,
+whose mean predicted probability per class is the prior: :func:`read_prior`), the block
+``score_prior_corrected`` holds the metrics and calibration of the probabilities divided by the
+prior and renormalised (logit adjustment; ``reliability_prior_corrected.png``), and records get
+``scored_class_prior_corrected``; the uncorrected ``score`` block stays.
 """
 
 from __future__ import annotations
@@ -29,9 +50,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from facephi.scoring.calibration import adjust_by_prior, calibration_summary, estimate_prior
 from facephi.scoring.keywords import match_answer
 from facephi.scoring.metrics import MISS, ClassificationMetrics, compute_metrics
-from facephi.eval.report import metrics_markdown, save_confusion_png
+from facephi.eval.report import metrics_markdown, save_confusion_png, save_reliability_png
 from facephi.labels import CLASSES
 from facephi.landmarks.store import SPLIT_SEED
 from facephi.utils.errors import FacePhiError
@@ -44,6 +66,10 @@ INSTRUCTION_POLICIES = ("random", "first")
 METRICS_NAME = "metrics.json"
 PREDICTIONS_NAME = "predictions.jsonl"
 PARTIAL_NAME = "predictions.partial.jsonl"
+EVAL_MODES = ("generate", "score", "both")
+SCORE_BLOCKS = ("score", "score_prior_corrected")
+EXTRA_KEYS = (*SCORE_BLOCKS, "agreement")
+"""Keys of ``metrics.json`` beside the top-level metrics (``EvalResult.extra``)."""
 
 
 @dataclass
@@ -55,6 +81,8 @@ class EvalResult:
     settings: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     out_dir: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Class-scoring blocks of ``metrics.json`` (``score``, ``score_prior_corrected``, ``agreement``)."""
 
     @classmethod
     def load(cls, out_dir: str | Path) -> "EvalResult":
@@ -67,8 +95,9 @@ class EvalResult:
         data = read_json(metrics_path)
         settings, seconds = data.pop("settings", {}), data.pop("seconds", 0.0)
         data.pop("run", None)
+        extra = {key: data.pop(key) for key in EXTRA_KEYS if key in data}
         records = _read_jsonl(predictions_path)
-        return cls(ClassificationMetrics.from_dict(data), records, settings, seconds, out_dir)
+        return cls(ClassificationMetrics.from_dict(data), records, settings, seconds, out_dir, extra)
 
     @classmethod
     def load_if_finished(cls, out_dir: str | Path) -> "EvalResult | None":
@@ -152,7 +181,7 @@ def _device(model: torch.nn.Module) -> torch.device:
 def _run(
     dataset: Any, predict_batch: Callable[[list[dict[str, Any]]], list[dict[str, Any]]],
     settings: dict[str, Any], batch_size: int, out_dir: str | Path | None, progress: bool,
-    title: str,
+    title: str, summarize: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
 ) -> EvalResult:
     """Shared loop: resume, predict batches, append partial records, compute and write results."""
     from facephi.utils.progress import progress_bar
@@ -193,7 +222,7 @@ def _run(
         ambiguous=[r["ambiguous"] for r in records] if "ambiguous" in records[0] else None,
         contains_correct=[r["correct_contains"] for r in records] if "correct_contains" in records[0] else None,
     )
-    result = EvalResult(metrics, records, settings, seconds, out)
+    result = EvalResult(metrics, records, settings, seconds, out, summarize(records) if summarize else {})
     if out:
         _write_outputs(result, title)
         partial.unlink(missing_ok=True)
@@ -205,12 +234,66 @@ def _write_outputs(result: EvalResult, title: str) -> None:
     out = result.out_dir
     assert out is not None
     write_text(out / PREDICTIONS_NAME, _jsonl(result.records))
-    write_json(out / METRICS_NAME, {**result.metrics.to_dict(), "settings": result.settings,
+    write_json(out / METRICS_NAME, {**result.metrics.to_dict(), **result.extra, "settings": result.settings,
                                     "seconds": result.seconds, "run": run_info(result.settings.get("seed"))})
     save_confusion_png(result.metrics, out / "confusion.png", title=f"{title}: accuracy "
                        f"{100 * result.metrics.accuracy:.1f} % (n = {result.metrics.n})")
+    for key in SCORE_BLOCKS:
+        if key in result.extra:
+            block = result.extra[key]
+            name = "reliability.png" if key == "score" else "reliability_prior_corrected.png"
+            label = "class scoring" if key == "score" else "class scoring, prior corrected"
+            save_reliability_png(block["calibration"], out / name,
+                                 title=f"{title}, {label}: accuracy {100 * block['accuracy']:.1f} % (n = {block['n']})")
     info = {k: v for k, v in result.settings.items() if not isinstance(v, (dict, list))}
-    write_text(out / "report.md", metrics_markdown(result.metrics, title=title, info=info))
+    write_text(out / "report.md", metrics_markdown(result.metrics, title=title, info=info) + _scoring_markdown(result.extra))
+
+
+def _scoring_markdown(extra: dict[str, Any]) -> str:
+    """The class-scoring section of ``report.md`` (empty without scoring)."""
+    columns = [key for key in SCORE_BLOCKS if key in extra]
+    if not columns:
+        return ""
+    names = {"score": "Class scoring", "score_prior_corrected": "Prior corrected"}
+    rows = [("Accuracy", "accuracy", True), ("Balanced accuracy", "balanced_accuracy", True),
+            ("Macro-F1", "macro_f1", True), ("ECE (15 bins)", "ece", True), ("NLL of the true class (nats)", "nll", False),
+            ("Mean confidence", "mean_confidence", True)]
+    lines = ["## Class scoring", "", "| Metric | " + " | ".join(names[c] for c in columns) + " |",
+             "|---|" + "---|" * len(columns)]
+    for label, key, percent in rows:
+        values = [extra[c].get(key, extra[c]["calibration"].get(key)) for c in columns]
+        lines.append(f"| {label} | " + " | ".join(f"{100 * v:.1f} %" if percent else f"{v:.3f}" for v in values) + " |")
+    if "agreement" in extra:
+        lines += ["", f"Agreement of the generated class with the scored argmax: {100 * extra['agreement']:.1f} %"]
+    return "\n".join(lines) + "\n"
+
+
+def read_prior(folder: str | Path, score_templates: str | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """The class prior of ``--prior-from``: the mean predicted probability per class of a finished
+    ``score``/``both`` evaluation on the valid split; returns (prior [8], where it came from)."""
+    result = EvalResult.load(folder)
+    if result.settings.get("mode") not in ("score", "both") or any("scores" not in r for r in result.records):
+        raise FacePhiError(f"{folder}: not a class-scoring evaluation (make one with "
+                           "`facephi eval --mode score --split valid`)")
+    if result.settings.get("split") != "valid":
+        raise FacePhiError(f"{folder}: the prior must come from the valid split, this evaluation is on "
+                           f"{result.settings.get('split')!r}")
+    if score_templates is not None and result.settings.get("score_templates") != score_templates:
+        raise FacePhiError(f"{folder}: scored with --score-templates {result.settings.get('score_templates')}, "
+                           f"this evaluation uses {score_templates}")
+    prior = estimate_prior([[r["scores"][name] for name in CLASSES] for r in result.records])
+    return prior, {"from": str(folder), "split": "valid", "n_samples": len(result.records),
+                   "model": result.settings.get("model")}
+
+
+def _score_block(records: list[dict[str, Any]], prior: np.ndarray | None = None) -> dict[str, Any]:
+    """Metrics of the scored argmax plus calibration, from the records' ``scores``."""
+    probabilities = np.array([[r["scores"][name] for name in CLASSES] for r in records], dtype=np.float64)
+    if prior is not None:
+        probabilities = adjust_by_prior(probabilities, prior)
+    truth = np.array([r["true_index"] for r in records], dtype=np.int64)
+    metrics = compute_metrics(truth, probabilities.argmax(axis=1))
+    return {**metrics.to_dict(), "calibration": calibration_summary(probabilities, truth)}
 
 
 def _class_name(index: int | None) -> str | None:
@@ -232,8 +315,15 @@ def evaluate_model(
     out_dir: str | Path | None = None,
     progress: bool = True,
     settings: dict[str, Any] | None = None,
+    mode: str = "generate",
+    score_templates: str = "first",
+    prior: Sequence[float] | np.ndarray | str | Path | None = None,
 ) -> EvalResult:
     """Greedy answers of a ``FacePhiModel`` (``model.answer``) on ``split``, scored by keyword matching.
+
+    ``mode``: ``"generate"`` (this), ``"score"`` (class probabilities, ``model.class_log_likelihoods``
+    with ``score_templates``) or ``"both"``; ``prior``: 8 class priors or a folder for
+    :func:`read_prior`, adds the prior-corrected block (see the module docstring).
 
     ``data`` is a ``LandmarkSet`` (normalised with the model encoder's normaliser, ``split`` and
     ``limit`` applied, see ``LandmarkSet.select``) or any dataset of ``{"points", "label",
@@ -244,16 +334,28 @@ def evaluate_model(
         choose_instruction(0, instruction_policy, seed)  # validates the policy early
     if max_new_tokens <= 0:
         raise FacePhiError(f"max_new_tokens must be positive, got {max_new_tokens}")
+    if mode not in EVAL_MODES:
+        raise FacePhiError(f"mode must be one of {EVAL_MODES}, got {mode!r}")
+    if score_templates not in ("first", "all"):
+        raise FacePhiError(f"score_templates must be 'first' or 'all', got {score_templates!r}")
+    if mode != "generate" and not hasattr(model, "class_log_likelihoods"):
+        raise FacePhiError(f"mode {mode!r}: {type(model).__name__} has no class_log_likelihoods (class scoring)")
+    if prior is not None and mode == "generate":
+        raise FacePhiError("a class prior applies to class scoring (mode 'score' or 'both')")
+    prior_source: dict[str, Any] | None = None
+    if isinstance(prior, (str, Path)):
+        prior, prior_source = read_prior(prior, score_templates)
+    if prior is not None:
+        prior = np.asarray(prior, dtype=np.float64)
+        if prior.shape != (len(CLASSES),) or not np.isfinite(prior).all() or (prior <= 0).any():
+            raise FacePhiError(f"prior: need {len(CLASSES)} finite positive numbers, got {prior.tolist()}")
     encoder = getattr(model, "encoder", None)
     dataset = _as_dataset(data, split, getattr(encoder, "normalizer", None), limit, seed, limit_policy)
     device = _device(model)
     model.eval()
 
-    def predict_batch(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        indices = [int(item["index"]) for item in batch]
-        texts = [instruction if instruction is not None else choose_instruction(i, instruction_policy, seed)
-                 for i in indices]
-        points = torch.stack([torch.as_tensor(item["points"]) for item in batch])
+    def generate_records(batch: list[dict[str, Any]], indices: list[int], texts: list[str],
+                         points: torch.Tensor) -> list[dict[str, Any]]:
         with torch.inference_mode():
             answers = model.answer(points.to(device), texts, max_new_tokens=max_new_tokens)
         if len(answers) != len(batch):
@@ -271,6 +373,31 @@ def evaluate_model(
             })
         return records
 
+    def predict_batch(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        indices = [int(item["index"]) for item in batch]
+        texts = [instruction if instruction is not None else choose_instruction(i, instruction_policy, seed)
+                 for i in indices]
+        points = torch.stack([torch.as_tensor(item["points"]) for item in batch])
+        records = generate_records(batch, indices, texts, points) if mode != "score" else [
+            {"index": index, "instruction": text, "true": CLASSES[int(item["label"])], "true_index": int(item["label"])}
+            for item, index, text in zip(batch, indices, texts)]
+        if mode != "generate":
+            with torch.inference_mode():
+                scores = model.class_log_likelihoods(points.to(device), texts, templates=score_templates)
+            if tuple(scores.shape) != (len(batch), len(CLASSES)):
+                raise RuntimeError(f"class_log_likelihoods returned shape {tuple(scores.shape)} for {len(batch)} prompts")
+            probabilities = torch.softmax(scores.detach().double().cpu(), dim=-1).numpy()
+            for record, probs in zip(records, probabilities):
+                scored = int(probs.argmax())
+                if mode == "score":
+                    record.update(predicted=CLASSES[scored], correct=scored == record["true_index"],
+                                  predicted_index=scored)
+                record["scores"] = {name: float(p) for name, p in zip(CLASSES, probs)}
+                record["scored_class"] = CLASSES[scored]
+                if prior is not None:
+                    record["scored_class_prior_corrected"] = CLASSES[int(adjust_by_prior(probs[None], prior)[0].argmax())]
+        return records
+
     recorded = {
         "kind": "facephi", "split": split, "n_samples": len(dataset), "batch_size": batch_size,
         "max_new_tokens": max_new_tokens, "decoding": "greedy",
@@ -280,7 +407,27 @@ def evaluate_model(
         "keyword_rule": "first class named, negated keywords ignored (strict); lenient 'contains' alongside",
         **(settings or {}),
     }
-    return _run(dataset, predict_batch, recorded, batch_size, out_dir, progress, "FacePhi")
+    if mode != "generate":  # generate-only settings stay as before (an older partial run resumes)
+        recorded.update(mode=mode, score_templates=score_templates,
+                        prior=None if prior is None else prior.tolist(), prior_source=prior_source)
+        if mode == "score":
+            for key in ("max_new_tokens", "decoding", "keyword_rule"):
+                recorded.pop(key)
+
+    def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
+        extra: dict[str, Any] = {}
+        if mode == "generate":
+            return extra
+        extra["score"] = _score_block(records)
+        if prior is not None:
+            extra["score_prior_corrected"] = _score_block(records, prior)
+        if mode == "both":
+            extra["agreement"] = float(np.mean([r["predicted_index"] == CLASSES.index(r["scored_class"])
+                                                for r in records]))
+        return extra
+
+    title = "FacePhi (class scoring)" if mode == "score" else "FacePhi"
+    return _run(dataset, predict_batch, recorded, batch_size, out_dir, progress, title, summarize)
 
 
 def evaluate_encoder(

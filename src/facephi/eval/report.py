@@ -92,3 +92,35 @@ def save_confusion_png(metrics: ClassificationMetrics, path: str | os.PathLike[s
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
+
+
+def save_reliability_png(calibration: dict[str, Any], path: str | os.PathLike[str], title: str = "") -> None:
+    """Reliability diagram of a ``calibration_summary`` block (``facephi.scoring.calibration``) as a PNG,
+    written atomically: accuracy per confidence bin (bars) against the diagonal of perfect calibration,
+    the bins' mean confidence (dots) and their sample counts (lower panel). Bare matplotlib ``Figure``."""
+    from matplotlib.figure import Figure
+
+    rows = calibration["reliability"]
+    lower = np.array([row["lower"] for row in rows])
+    width = np.array([row["upper"] - row["lower"] for row in rows])
+    filled = [k for k, row in enumerate(rows) if row["count"]]
+    fig = Figure(figsize=(5.0, 5.6), dpi=120)
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    top.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
+    top.bar(lower[filled], [rows[k]["accuracy"] for k in filled], width=width[filled], align="edge",
+            color="tab:blue", edgecolor="black", alpha=0.8, label="accuracy")
+    top.plot([rows[k]["confidence"] for k in filled], [rows[k]["confidence"] for k in filled], "o",
+             color="tab:red", markersize=3, label="mean confidence")
+    top.set_xlim(0, 1)
+    top.set_ylim(0, 1)
+    top.set_ylabel("accuracy")
+    top.legend(loc="upper left", fontsize=8)
+    top.text(0.98, 0.02, f"ECE {100 * calibration['ece']:.1f} %\nNLL {calibration['nll']:.3f}", ha="right",
+             va="bottom", transform=top.transAxes, fontsize=9)
+    top.set_title(title or "reliability diagram", fontsize=10)
+    bottom.bar(lower, [row["count"] for row in rows], width=width, align="edge", color="grey", edgecolor="black")
+    bottom.set_xlabel("confidence (max class probability)")
+    bottom.set_ylabel("samples")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")

@@ -1,4 +1,5 @@
-"""MediaPipe FaceMesh wrapper: 478 refined landmarks, padding retry, largest face, face count."""
+"""MediaPipe FaceMesh wrapper: 478 refined landmarks, padding retry, largest face (or every face
+with its box), face count."""
 
 from __future__ import annotations
 
@@ -25,6 +26,19 @@ class MeshResult:
     points: np.ndarray | None
     faces: int
     padded: bool  # found only on the retry with a black border
+
+
+@dataclass(frozen=True)
+class Face:
+    """One face of an image: its landmarks (as in :class:`MeshResult`) and its box.
+
+    ``box`` is ``(x0, y0, x1, y1)``: the landmarks' extent in pixels of the image size given to
+    :meth:`FaceMesher.find_faces`, clipped to the image.
+    """
+
+    points: np.ndarray
+    box: tuple[float, float, float, float]
+    padded: bool
 
 
 class FaceMesher:
@@ -62,16 +76,24 @@ class FaceMesher:
 
     def __call__(self, rgb: np.ndarray) -> MeshResult:
         """Landmarks of the largest face, retrying once with a black border when none is found."""
+        faces = self.find_faces(rgb)
+        if not faces:
+            return MeshResult(points=None, faces=0, padded=False)
+        return MeshResult(points=faces[0].points, faces=len(faces), padded=faces[0].padded)
+
+    def find_faces(self, rgb: np.ndarray, size: tuple[float, float] | None = None) -> list[Face]:
+        """Every face, largest first (the one ``__call__`` keeps), with its box in pixels of
+        ``size`` = the original image's (width, height) (default: ``rgb``'s own); retried once
+        with a black border when none is found."""
         faces = self.process(rgb)
         padded = False
         if not faces and self.padding > 0:
             faces = self._process_padded(rgb)
             padded = bool(faces)
-        if not faces:
-            return MeshResult(points=None, faces=0, padded=False)
         h, w = rgb.shape[:2]
-        largest = max(faces, key=lambda pts: _box_area(pts, w, h))
-        return MeshResult(points=largest, faces=len(faces), padded=padded)
+        width, height = (float(w), float(h)) if size is None else (float(size[0]), float(size[1]))
+        faces = sorted(faces, key=lambda pts: -_box_area(pts, w, h))
+        return [Face(pts, _box(pts, width, height), padded) for pts in faces]
 
     def _process_padded(self, rgb: np.ndarray) -> list[np.ndarray]:
         h, w = rgb.shape[:2]
@@ -98,6 +120,13 @@ def _unpad(points: np.ndarray, w: int, h: int, pad_x: int, pad_y: int) -> np.nda
     out[:, 1] = (points[:, 1] * framed_h - pad_y) / h
     out[:, 2] = points[:, 2] * framed_w / w
     return out
+
+
+def _box(points: np.ndarray, width: float, height: float) -> tuple[float, float, float, float]:
+    x0, y0 = np.clip(points[:, :2].min(axis=0), 0.0, 1.0)
+    x1, y1 = np.clip(points[:, :2].max(axis=0), 0.0, 1.0)
+    return (round(float(x0) * width, 1), round(float(y0) * height, 1),
+            round(float(x1) * width, 1), round(float(y1) * height, 1))
 
 
 def _box_area(points: np.ndarray, w: int, h: int) -> float:

