@@ -11,8 +11,8 @@ from __future__ import annotations
 import importlib.util
 import io
 import os
-import shutil
 import sys
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -42,15 +42,25 @@ def _load_benchmark():
 
 
 @pytest.fixture(scope="module")
-def chromium():
+def chromium(tmp_path_factory):
     try:
         from playwright.sync_api import sync_playwright
     except ImportError as exc:
         pytest.skip(f"Python playwright is not installed ({exc})")
     if not (Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK)):
         pytest.skip(f"Chromium is not installed at {CHROMIUM} (apt-get install chromium, or set FACEPHI_CHROMIUM)")
+    from PIL import Image
+
+    # Chromium's fake webcam plays this file: the example face on a grey 640x480 frame
+    frame = Image.new("RGB", (640, 480), (90, 90, 90))
+    frame.paste(Image.open(PHOTO).convert("RGB"), (145, 65))
+    encoded = io.BytesIO()
+    frame.save(encoded, "JPEG", quality=90)
+    camera = tmp_path_factory.mktemp("camera") / "face.mjpeg"
+    camera.write_bytes(encoded.getvalue() * 5)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=CHROMIUM_ARGS + [f"--use-file-for-fake-video-capture={camera}"])
         yield browser
         browser.close()
 
@@ -60,7 +70,11 @@ def server(tmp_path_factory):
     from facephi.serve.api import FacePhi
     from facephi.serve.app import create_app
 
-    model_dir = os.environ.get("FACEPHI_MODEL") if SCREENSHOT else None
+    model_dir = None
+    if SCREENSHOT:  # the real model when there is one: $FACEPHI_MODEL, else the shipped model
+        from facephi.model.defaults import default_model
+
+        model_dir = default_model() if (default_model() / "config.json").is_file() else None
     if not model_dir:
         from test_evaluate import tiny_facephi
 
@@ -163,8 +177,8 @@ def test_photo_with_landmarks_found_in_the_browser(page, server):
     browser_points = np.asarray(body["landmarks"], dtype=np.float32)
     assert browser_points.shape == (478, 3)
     python_points = _mesh_of_photo()
-    assert np.abs(browser_points[:, :2] - python_points[:, :2]).max() < 0.01  # same face mesh, to a pixel or so
-    assert np.abs(browser_points[:, 2] - python_points[:, 2]).mean() < 0.01
+    assert np.abs(browser_points[:, :2] - python_points[:, :2]).max() < 2e-3  # the same mesh (3e-4 seen)
+    assert np.abs(browser_points[:, 2] - python_points[:, 2]).mean() < 1e-3
     drawn = _canvas_drawn(page)
     assert drawn["drawn"] == "mesh" and drawn["points"] == 478 and drawn["green"] > 0.002 and drawn["nonblank"] > 0.5
     if SCREENSHOT:
@@ -199,13 +213,47 @@ def test_a_photo_without_a_face_says_so(page, tmp_path):
     assert _canvas_drawn(page)["drawn"] == "image"  # the photo is shown, without a mesh
 
 
-def test_webcam_runs_in_the_browser(page):
-    """Chromium's fake camera shows no face: the loop runs, draws the frames, sends nothing."""
+def test_webcam_sends_only_landmarks_about_once_a_second(page, server):
+    """Chromium's fake webcam shows the example face: landmarks are found in the page for every
+    frame, posted (JSON only) about once a second, and answered; Stop ends it."""
     posted = []
-    page.on("request", lambda r: posted.append(r) if "/predict" in r.url else None)
+    page.on("request", lambda r: posted.append((time.monotonic(), r)) if "/predict" in r.url else None)
     page.click("#webcam-start")
-    page.wait_for_function("() => document.getElementById('status').textContent.includes('no face in view')",
-                           timeout=30_000)
-    assert _canvas_drawn(page)["drawn"] == "image"
+    _wait_answer(page)
+    assert page.is_visible("#webcam-stop") and "only landmarks are sent" in page.inner_text("#status")
+    body = posted[0][1].post_data_json
+    assert body["image_size"] == [640, 480] and len(body["landmarks"]) == 478
+    response = httpx.post(server + "/predict", json=body, timeout=60).json()
+    _check_result(page, response)
+    drawn = _canvas_drawn(page)
+    assert drawn["drawn"] == "mesh" and drawn["points"] == 478 and drawn["green"] > 0.001
+    page.wait_for_timeout(2500)
     page.click("#webcam-stop")
-    assert page.is_visible("#webcam-start") and not posted
+    page.wait_for_timeout(1200)
+    times = [t for t, _ in posted]
+    assert all(r.headers.get("content-type") == "application/json" for _, r in posted)
+    assert 2 <= len(times) <= 6 and all(b - a >= 0.9 for a, b in zip(times, times[1:]))
+    assert page.is_visible("#webcam-start")
+    count = len(posted)
+    page.wait_for_timeout(1500)
+    assert len(posted) == count  # stopped
+
+
+def test_without_the_in_browser_landmarker_photos_go_to_the_server_and_the_webcam_is_off(chromium, server):
+    context = chromium.new_context()
+    context.route("**/*", lambda r: r.abort() if "/vendor/" in r.request.url or not r.request.url.startswith(server)
+                  else r.continue_())
+    page = context.new_page()
+    try:
+        page.goto(server + "/")
+        page.wait_for_function("() => document.body.dataset.landmarker === 'failed'", timeout=60_000)
+        assert page.is_disabled("#local-landmarks") and not page.is_checked("#local-landmarks")
+        assert page.is_disabled("#webcam-start") and "webcam is off" in page.inner_text("#landmarker-state")
+        posted = []
+        page.on("request", lambda r: posted.append(r) if "/predict" in r.url else None)
+        page.set_input_files("#file", str(PHOTO))
+        _wait_answer(page)
+        assert [r.headers.get("content-type") for r in posted] == ["image/jpeg"]
+        assert _canvas_drawn(page)["points"] == 478
+    finally:
+        context.close()

@@ -6,6 +6,7 @@ Every way an input file can be unusable maps to an :class:`ImageError` with a sh
 
 from __future__ import annotations
 
+import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,20 +64,34 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
-def load_image(path: str | Path, max_side: int = 1280) -> LoadedImage:
-    """Read ``path`` into RGB (EXIF orientation applied), downscaled so its longest side is ≤ ``max_side``.
+def load_image(source: str | Path | bytes, max_side: int = 1280, name: str | None = None) -> LoadedImage:
+    """Read an image file, or encoded image bytes (decoded in memory, never written anywhere), into
+    RGB (EXIF orientation applied), downscaled so its longest side is ≤ ``max_side``.
 
-    Raises :class:`ImageError` for missing, empty, non-image, truncated/corrupt, tiny or huge files.
+    Raises :class:`ImageError` for missing, empty, non-image, truncated/corrupt, tiny or huge images;
+    ``name`` names bytes in the messages.
     """
-    path = Path(path)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        name = name or "<bytes>"
+        if not data:
+            raise ImageError("empty file", f"{name} has 0 bytes")
+        return _decode(io.BytesIO(data), name, data[:8], max_side)
+    path = Path(source)
     if not path.is_file():
         raise ImageError("missing file", f"{path} does not exist or is not a file")
     if path.stat().st_size == 0:
         raise ImageError("empty file", f"{path} has 0 bytes")
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    return _decode(path, path.name, head, max_side)
+
+
+def _decode(opened: Path | io.BytesIO, name: str, head: bytes, max_side: int) -> LoadedImage:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as image:
+            with Image.open(opened) as image:
                 width, height = image.size
                 if width * height > MAX_PIXELS:
                     raise ImageError("image too large", f"{width}x{height} pixels")
@@ -92,25 +107,19 @@ def load_image(path: str | Path, max_side: int = 1280) -> LoadedImage:
     except ImageError:
         raise
     except UnidentifiedImageError:
-        if _has_image_signature(path):
-            raise ImageError("corrupt image", f"{path.name} starts like an image but cannot be decoded") from None
-        raise ImageError("not an image", f"{path.name} is not a readable image format") from None
+        if head.startswith(_SIGNATURES):
+            raise ImageError("corrupt image", f"{name} starts like an image but cannot be decoded") from None
+        raise ImageError("not an image", f"{name} is not a readable image format") from None
     except Image.DecompressionBombError as exc:
         raise ImageError("image too large", str(exc)) from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError("corrupt image", f"{path.name}: {exc}") from None
+        raise ImageError("corrupt image", f"{name}: {exc}") from None
     if max(rgb.shape[:2]) > max_side:
         rgb = _downscale(rgb, max_side)
     return LoadedImage(rgb=np.ascontiguousarray(rgb), width=width, height=height)
 
 
 _SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"II*\x00", b"MM\x00*", b"RIFF")
-
-
-def _has_image_signature(path: Path) -> bool:
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-    return head.startswith(_SIGNATURES)
 
 
 def _downscale(rgb: np.ndarray, max_side: int) -> np.ndarray:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import io
 import json
 import logging
 import math
@@ -140,31 +139,14 @@ def multipart_file(body: bytes, content_type: str) -> bytes:
                            "(curl -F file=@photo.jpg)")
 
 
-def decode_image(data: bytes) -> Any:
-    """A PIL image decoded from memory; 422 for an empty, unknown or corrupt file."""
-    from PIL import Image, UnidentifiedImageError
+def check_image(data: bytes) -> None:
+    """422 unless ``data`` decodes as an image, by the loader of image files (in memory, never on disk)."""
+    from facephi.landmarks.images import ImageError, load_image
 
-    from facephi.landmarks.images import MAX_PIXELS, MIN_SIDE
-
-    if not data:
-        raise HTTPProblem(422, "empty upload: no image bytes received")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if width * height > MAX_PIXELS:
-                raise HTTPProblem(422, f"image too large: {width}x{height} pixels")
-            if min(width, height) < MIN_SIDE:
-                raise HTTPProblem(422, f"image too small: {width}x{height} pixels")
-            image.load()
-    except UnidentifiedImageError:
-        raise HTTPProblem(422, "not an image: the upload is not a readable image format") from None
-    except Image.DecompressionBombError as exc:
-        raise HTTPProblem(422, f"image too large: {exc}") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise HTTPProblem(422, f"corrupt image: {exc}") from None
-    return image
+        load_image(data, name="the upload")
+    except ImageError as exc:
+        raise HTTPProblem(422, str(exc)) from None
 
 
 def landmarks_request(body: bytes) -> tuple[np.ndarray, tuple[float, float] | None]:
@@ -372,16 +354,12 @@ def create_app(model: Any, max_upload_bytes: int = 5 * 2**20, timeout_s: float =
             shown = f"Content-Type {kind!r}" if kind else "no Content-Type"
             raise HTTPProblem(415, f"{shown}: send an image (Content-Type image/*, or multipart/form-data with a "
                                    f"file field: curl -F file=@photo.jpg) or landmarks as application/json")
-        image = decode_image(data)
-        del data
-
-        def answer() -> list[dict[str, Any]]:
-            try:
-                return model.predict_many([image], all_faces=all_faces, return_landmarks=return_landmarks)
-            finally:
-                image.close()
-
-        return faces_response(await worker.run(answer, timeout_s))
+        if not data:
+            raise HTTPProblem(422, "empty upload: no image bytes received")
+        await asyncio.to_thread(check_image, data)  # a bad image never waits in the model's queue
+        faces = await worker.run(lambda: model.predict_image_bytes(data, all_faces=all_faces,
+                                                                   return_landmarks=return_landmarks), timeout_s)
+        return faces_response(faces)
 
     @app.exception_handler(FacePhiError)
     async def user_error(request: Request, exc: FacePhiError) -> JSONResponse:  # noqa: ARG001

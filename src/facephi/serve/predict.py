@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import logging
 import math
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,26 +209,22 @@ def read_rgb(rgb: np.ndarray, size: tuple[float, float], source: str, mesher: An
     return inputs
 
 
-def _read_image(path: Path, mesher: Any, all_faces: bool = False, source: str | None = None) -> list[LandmarkInput]:
+def _read_image(image_source: Path | bytes, mesher: Any, all_faces: bool = False,
+                source: str | None = None) -> list[LandmarkInput]:
     from facephi.landmarks.images import ImageError, load_image
 
-    source = str(path) if source is None else source
+    source = str(image_source) if source is None else source
     try:
-        image = load_image(path)
+        image = load_image(image_source, name=source)
     except ImageError as exc:
-        message = str(exc)
-        if source != str(path):  # a temporary file stands for the input: name the input instead
-            message = message.replace(str(path), source).replace(path.name, source)
-        return [LandmarkInput(source, error=message)]
+        return [LandmarkInput(source, error=str(exc))]
     return read_rgb(image.rgb, (float(image.width), float(image.height)), source, mesher, all_faces)
 
 
 def read_image_bytes(data: bytes, mesher: Any, all_faces: bool = False, source: str = "<bytes>") -> list[LandmarkInput]:
-    """Like an image file, from its encoded bytes (any format Pillow reads; same loading rules)."""
-    with tempfile.TemporaryDirectory(prefix="facephi-") as folder:
-        path = Path(folder) / "facephi-encoded-image"
-        path.write_bytes(bytes(data))
-        return _read_image(path, mesher, all_faces, source)
+    """Like an image file, from its encoded bytes (any format Pillow reads; same loading rules), decoded
+    in memory: the image is never written anywhere."""
+    return _read_image(bytes(data), mesher, all_faces, source)
 
 
 def is_dataset(folder: Path) -> bool:
