@@ -52,7 +52,11 @@ def run(args: argparse.Namespace) -> int:
     from facephi.utils.errors import FacePhiError
     from facephi.utils.io import check_writable_dir
 
+    from facephi.model.defaults import default_model
+
     config = from_args(EvalConfig, args)
+    if config.model is None:
+        config = config.replace(model=default_model())
     kind = check_model_dir(config.model, "--model")  # complete, before anything is loaded
     if not config.data.exists():
         raise FacePhiError(f"{config.data}: not found (--data)")

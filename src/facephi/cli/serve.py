@@ -6,7 +6,7 @@ import argparse
 import ipaddress
 
 from facephi.config import add_arguments, from_args
-from facephi.serve.serve_config import ServeConfig
+from facephi.serve.config import ServeConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -20,9 +20,10 @@ MAX_NEW_TOKENS = 512
 class EvalConfig(Config):
     """What ``facephi eval`` scores, on which samples, and how it asks."""
 
-    model: Path = setting(help="FacePhi model or landmark encoder checkpoint folder")
     data: Path = setting(help="dataset folder written by `facephi extract`")
     out: Path = setting(help="output folder (metrics.json, predictions.jsonl, confusion.png, report.md)")
+    model: Path | None = setting(None, help="FacePhi model or landmark encoder checkpoint folder "
+                                            "(default: $FACEPHI_MODEL, else the shipped model)")
     split: str = setting("test", help="split to evaluate (train/valid/test, or another split name of the dataset)")
     batch_size: int = setting(16, min=1, max=4096, help="samples per batch")
     max_new_tokens: int = setting(32, min=1, max=MAX_NEW_TOKENS, help="answer length limit in tokens")

@@ -1,4 +1,5 @@
-"""Settings of ``facephi predict`` (torch-free: the CLI builds its flags from these fields)."""
+"""Settings of ``facephi predict`` and ``facephi serve`` (torch- and FastAPI-free: the CLI builds its flags
+from these fields)."""
 
 from __future__ import annotations
 
@@ -31,3 +32,25 @@ class PredictConfig(Config):
                                                "here, as <video name>.png (default: no plot)")
     threads: int | None = setting(None, min=1, help="torch CPU threads (default: torch's)")
     device: str = setting("auto", help="cpu, cuda, ... (auto: cuda when available)")
+
+
+@dataclass
+class ServeConfig(Config):
+    """Where ``facephi serve`` listens, which model answers, and the limits of one request."""
+
+    host: str = setting("127.0.0.1", help="address to listen on (127.0.0.1: this machine only; "
+                                          "0.0.0.0: every network interface, without any authentication)")
+    port: int = setting(8000, min=0, max=65535, help="TCP port (0: any free port, printed at start)")
+    model: Path | None = setting(None, help="FacePhi model or landmark encoder folder "
+                                            "(default: $FACEPHI_MODEL, else the shipped model)")
+    max_upload_mb: float = setting(5.0, above=0, max=1024, help="largest accepted request body in MB "
+                                                                "(larger uploads get 413, checked while receiving)")
+    timeout_s: float = setting(30.0, above=0, max=3600, help="longest wait for the model per request, queue "
+                                                             "included, in seconds (then 504)")
+    threads: int | None = setting(None, min=1, help="torch CPU threads (default: torch's)")
+    device: str = setting("auto", help="cpu, cuda, ... (auto: cuda when available)")
+    max_new_tokens: int = setting(32, min=1, max=MAX_NEW_TOKENS, help="answer length limit in tokens")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
