@@ -12,23 +12,9 @@ from facephi.labels import CLASSES
 from facephi.scoring.keywords import match_answer
 from facephi.scoring.metrics import MISS
 from tiny_models import tiny_tokenizer
+from train_fixtures import PointsDataset
 
 N = 10
-
-
-class PointsDataset(torch.utils.data.Dataset):
-    """Items whose points encode their label and index (so the fake model can answer from them)."""
-
-    def __init__(self, n: int = N):
-        self.labels = [i % len(CLASSES) for i in range(n)]
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        points = torch.zeros(478, 3)
-        points[0, 0], points[0, 1] = self.labels[i], 100 + i
-        return {"points": points, "label": self.labels[i], "index": 100 + i}
 
 
 def scripted_answer(label: int, index: int) -> str:
@@ -172,7 +158,7 @@ def write_landmark_folder(root, n: int = 12):
 
 def test_eval_cli_with_an_encoder_checkpoint(tmp_path, capsys):
     from facephi.cli import main
-    from train_fixtures import write_encoder
+    from train_fixtures import PointsDataset, write_encoder
 
     data = write_landmark_folder(tmp_path / "data")
     encoder = write_encoder(tmp_path / "encoder")

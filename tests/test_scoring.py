@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from test_facephi_model import build
-from train_fixtures import write_encoder, write_landmark_set
+from train_fixtures import PointsDataset, write_encoder, write_landmark_set
 
 import facephi.model.facephi as facephi_module
 from facephi.data.instruction import IGNORE_INDEX
@@ -131,21 +131,6 @@ def test_a_trained_preference_ranks_first():
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
-class PointsDataset(torch.utils.data.Dataset):
-    """Items whose points encode their label and index (so the fake model can answer from them)."""
-
-    def __init__(self, n: int = 10):
-        self.labels = [i % K for i in range(n)]
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, i):
-        points = torch.zeros(478, 3)
-        points[0, 0], points[0, 1] = self.labels[i], 100 + i
-        return {"points": points, "label": self.labels[i], "index": 100 + i}
-
-
 class ScriptedScorer(torch.nn.Module):
     """``answer`` names the true class on even indices; the scores favour the true class except on
     every third index, where class 0 wins (so a prior on class 0 changes predictions)."""

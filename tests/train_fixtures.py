@@ -74,3 +74,18 @@ def write_llm(directory: Path) -> Path:
     tiny_llm("llama", tokenizer).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+class PointsDataset(torch.utils.data.Dataset):
+    """Items whose points encode their label and index (so the fake model can answer from them)."""
+
+    def __init__(self, n: int = 10):
+        self.labels = [i % len(CLASSES) for i in range(n)]
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        points = torch.zeros(478, 3)
+        points[0, 0], points[0, 1] = self.labels[i], 100 + i
+        return {"points": points, "label": self.labels[i], "index": 100 + i}
