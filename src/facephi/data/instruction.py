@@ -96,6 +96,12 @@ class PromptFormatter:
         prefix = "" if first else self._space
         return list(self.tokenizer(prefix + text, add_special_tokens=False)["input_ids"])
 
+    @property
+    def shared_prefix(self) -> list[int]:
+        """[BOS] + system prompt + "Users:": the ids every sequence not cut by ``max_length`` starts with
+        (the part before ``<landmark>``, the same for every sample)."""
+        return [self.bos_id] + list(self._system_ids)
+
     def _prompt_parts(self, instruction: str) -> tuple[list[int], list[int]]:
         """(droppable head, kept tail) of the prompt: the head is the system prompt + "Users:"."""
         tail = [self.landmark_id] + self._ids(instruction) + self._assistant_ids

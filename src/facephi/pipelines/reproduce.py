@@ -58,7 +58,7 @@ ROW_TITLES: dict[str, str] = {
 STEPS_FILE = "steps.json"
 """``RUN/steps.json``: for every step started so far, the settings it was made with."""
 # AlignConfig / TrainConfig fields that do not change a step's result.
-_NOT_RESULTS = ("data", "out", "resume", "overwrite", "threads", "eval_batch_size", "save_every",
+_NOT_RESULTS = ("data", "out", "resume", "overwrite", "threads", "fast_path", "eval_batch_size", "save_every",
                 "keep_checkpoints", "log_every")
 
 

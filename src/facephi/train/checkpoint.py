@@ -137,6 +137,11 @@ def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.T
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
+IMPLEMENTATION_FLAGS = ("fused", "foreach", "capturable", "differentiable")
+"""Optimizer settings of how the update is computed, not of what it is: a checkpoint written with one
+kernel (e.g. a run with ``--no-fast-path``) resumes with the kernel of the resuming run."""
+
+
 def load_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
                          meta: dict) -> None:
     state: dict[int, dict[str, Any]] = {}
@@ -147,6 +152,8 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str, to
         state.setdefault(int(index), {}).update(entries)
     groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()}
               for g in meta["param_groups"]]
+    for group, current in zip(groups, optimizer.param_groups):  # the kernel is this run's choice
+        group.update({k: current[k] for k in IMPLEMENTATION_FLAGS if k in current})
     optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 

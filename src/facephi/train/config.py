@@ -136,6 +136,9 @@ class TrainConfig(Config):
     mixed_precision: str = setting("auto", choices=MIXED_PRECISION,
                                    help="auto = bf16 on a GPU that supports it, else fp16 on GPU, no on CPU")
     lora: bool = setting(False, help="stage 2: train a LoRA adapter instead of the full LLM")
+    fast_path: bool = setting(True, help="the same loss with less work: the shared prompt prefix run once "
+                                         "(stage 1: once per run) and reused from its key/value cache, fused "
+                                         "AdamW; --no-fast-path: the plain loop (for comparison)")
     lora_r: int = setting(16, min=1, help="LoRA rank")
     lora_alpha: int = setting(32, min=1, help="LoRA alpha")
     lora_dropout: float = setting(0.05, min=0, max=0.9, help="LoRA dropout")
