@@ -7,19 +7,19 @@ One run measures, on the same batches and from the same starting weights:
 
 * stage 1 (projector; frozen LLM) and stage 2 (full fine-tuning) optimizer steps of the real
   training loop (``train.stages._StageRun.train_step``: accelerate, AdamW, schedule, clipping) with
-  ``TrainConfig(fast_path=False)`` (the plain loop) and ``fast_path=True``. Both runs live in one
-  process and take turns step by step (the order alternating), so that a slower or faster spell of
-  a shared machine hits both alike; ``--warmup`` steps of each are not timed. The losses of both
-  are compared step by step;
+  ``TrainConfig(fast_path=False)`` (the plain loop) and ``fast_path=True``, one process each, in the
+  order plain, fast, fast, plain (a slow drift of a shared machine evens out); ``--warmup`` steps
+  are not timed. The losses of both are compared step by step;
 * generation: ``FacePhiModel.generate`` of exactly 32 new tokens per face (greedy, the ``answer``
   path with ``min_new_tokens=32``), and class scoring: ``class_probabilities`` with the fast path
   off and on (their probabilities are compared), taking turns batch by batch; the first batch is
   not timed;
-* with ``--ablations``: the fast path against itself without one lever (stage 1: rows in one group
-  instead of length groups; stage 2: the default for-each AdamW instead of the fused one).
+* with ``--ablations``: the fast path without one lever (stage 1: rows in one group instead of
+  length groups; stage 2: the default for-each AdamW instead of the fused one).
 
-Memory: the peak RSS of each step above the RSS before it (the step's own transient memory, from
-``VmHWM`` reset through ``/proc/self/clear_refs``), per mode. Prints ``stage1_speedup=``,
+Memory: the peak RSS of each part's timed steps (``VmHWM`` reset through ``/proc/self/clear_refs``
+after loading and warm-up). CPU share: the CPU time a part got over threads x wall time, to show
+when other work on the machine took the cores. Prints ``stage1_speedup=``,
 ``stage2_speedup=`` and ``scoring_speedup=`` (seconds per face of a 32-token answer over seconds per
 face of fast scoring) and writes the markdown report to ``--out``. Without ``--encoder`` the encoder is
 a randomly initialised PointMLP-elite with the CPU preset's options (its cost is what matters
@@ -33,14 +33,17 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-PARTS = ("stage1", "stage2", "inference")
-ABLATIONS = ("stage1-one-group", "stage2-foreach-adamw")
+PARTS = ("stage1-plain", "stage1-fast", "stage2-fast", "stage2-plain", "inference")
+"""One process each, in this order (plain / fast / fast / plain: a slow drift of a shared machine
+evens out between the modes)."""
+ABLATIONS = ("stage1-fast-one-group", "stage2-fast-foreach-adamw")
 NEW_TOKENS = 32
 
 
@@ -53,10 +56,10 @@ def _status(field: str) -> float:
     return float("nan")
 
 
-class StepMemory:
-    """RSS before a step and its peak during it (``VmHWM``, reset before the step where Linux allows)."""
+class PeakMemory:
+    """RSS at the start and the peak RSS since (``VmHWM``, reset at the start where Linux allows)."""
 
-    def __enter__(self) -> "StepMemory":
+    def __enter__(self) -> "PeakMemory":
         try:
             with open("/proc/self/clear_refs", "w") as fh:
                 fh.write("5")
@@ -119,9 +122,9 @@ def faces(args, model, n: int, split: str):
 
 # ------------------------------------------------------------------------------------- parts
 
-def run_stage(args, stage: int, modes: dict[str, dict]) -> dict:
-    """Two training runs of ``stage`` taking turns step by step; ``modes``: name -> TrainConfig changes
-    (and ``one_group`` / ``foreach_adamw``, the ablations' levers off)."""
+def run_stage(args, stage: int, fast: bool, without: str = "") -> dict:
+    """Optimizer steps of ``stage`` in this process (one mode): speed, losses, memory, CPU share.
+    ``without``: the ablations' lever off ("one-group": rows in one group; "foreach-adamw")."""
     import torch
 
     import facephi.model.facephi as facephi_module
@@ -129,47 +132,46 @@ def run_stage(args, stage: int, modes: dict[str, dict]) -> dict:
     from facephi.train.config import TrainConfig
     from facephi.train.stages import _StageRun, collate_train, set_train_mode
 
+    if without == "one-group":
+        facephi_module.PASS_OVERHEAD_TOKENS = 10 ** 9
+    if without == "foreach-adamw":
+        stages.build_optimizer = lambda params, config: torch.optim.AdamW(params, lr=config.lr,
+                                                                          weight_decay=config.weight_decay)
+    model = build_model(args)
     batch = args.stage1_batch if stage == 1 else args.stage2_batch
     steps = args.warmup + args.steps
-    runs, items = {}, None
-    tmp = tempfile.TemporaryDirectory()
-    build_optimizer, overhead = stages.build_optimizer, facephi_module.PASS_OVERHEAD_TOKENS
-    for name, changes in modes.items():
-        model = build_model(args)
-        if items is None:
-            items = faces(args, model, batch * steps, "train")
-        changes = dict(changes)
-        if changes.pop("foreach_adamw", False):
-            stages.build_optimizer = lambda params, config: torch.optim.AdamW(params, lr=config.lr,
-                                                                              weight_decay=config.weight_decay)
-        one_group = changes.pop("one_group", False)
-        config = TrainConfig.for_preset("cpu", stage, batch_size=batch, grad_accum=1, max_steps=steps,
-                                        save_every=None, limit_valid=None, threads=args.threads, **changes)
-        run = _StageRun(model, items, config, Path(tmp.name) / name, None, {}, False, collate_train)
-        stages.build_optimizer = build_optimizer
-        set_train_mode(run.model)
-        runs[name] = {"run": run, "one_group": one_group, "seconds": [], "losses": [], "extra": [], "peak": []}
+    items = faces(args, model, batch * steps, "train")
     batches = [collate_train(items[i * batch:(i + 1) * batch]) for i in range(steps)]
-    names = list(runs)
-    for step, micro_batch in enumerate(batches):
-        for name in (names if step % 2 == 0 else names[::-1]):
-            entry = runs[name]
-            facephi_module.PASS_OVERHEAD_TOKENS = 10 ** 9 if entry["one_group"] else overhead
-            with StepMemory() as memory:
-                tic = time.perf_counter()
-                entry["losses"].append(float(entry["run"].train_step(iter([micro_batch]))))
-                entry["seconds"].append(time.perf_counter() - tic)
-            entry["extra"].append(memory.extra)
-            entry["peak"].append(memory.peak)
-    facephi_module.PASS_OVERHEAD_TOKENS = overhead
-    tmp.cleanup()
-    result = {"batch": batch, "steps": args.steps, "widths": [int(b["input_ids"].shape[1]) for b in batches]}
-    for name, entry in runs.items():
-        measured = sum(entry["seconds"][args.warmup:])
-        result[name] = {"samples_per_second": args.steps * batch / measured, "seconds_per_step": measured / args.steps,
-                        "losses": entry["losses"], "step_memory_mib": max(entry["extra"][args.warmup:]),
-                        "peak_rss_mib": max(entry["peak"][args.warmup:])}
-    return result
+    config = TrainConfig.for_preset("cpu", stage, batch_size=batch, grad_accum=1, max_steps=steps, save_every=None,
+                                    limit_valid=None, threads=args.threads, fast_path=fast)
+    with tempfile.TemporaryDirectory() as tmp:
+        run = _StageRun(model, items, config, Path(tmp) / "run", None, {}, False, collate_train)
+        set_train_mode(run.model)
+        seconds, losses = [], []
+        for step, micro_batch in enumerate(batches):
+            if step == args.warmup:
+                usage, memory = Usage(), PeakMemory().__enter__()
+            tic = time.perf_counter()
+            losses.append(float(run.train_step(iter([micro_batch]))))
+            seconds.append(time.perf_counter() - tic)
+        memory.__exit__()
+    measured = sum(seconds[args.warmup:])
+    return {"samples_per_second": args.steps * batch / measured, "seconds_per_step": measured / args.steps,
+            "batch": batch, "steps": args.steps, "losses": losses, "peak_rss_mib": memory.peak,
+            "cpu_share": usage.share(args.threads), "widths": [int(b["input_ids"].shape[1]) for b in batches]}
+
+
+class Usage:
+    """CPU time this process got since creation, as a share of ``threads`` cores over the wall time
+    (about 1.0 alone on the machine; well below 1 when other work took the cores)."""
+
+    def __init__(self) -> None:
+        self.start, self.usage = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+
+    def share(self, threads: int) -> float:
+        now = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = (now.ru_utime - self.usage.ru_utime) + (now.ru_stime - self.usage.ru_stime)
+        return cpu / (threads * (time.perf_counter() - self.start))
 
 
 def run_inference(args) -> dict:
@@ -180,29 +182,30 @@ def run_inference(args) -> dict:
     items = faces(args, model, n + size, "test")  # the first batch warms up
     chunks = [items[i:i + size] for i in range(0, len(items), size)]
     parts = ("generate", "score-plain", "score-fast")
-    result = {part: {"seconds": 0.0, "outputs": [], "step_memory_mib": 0.0} for part in parts}
+    result = {part: {"seconds": 0.0, "outputs": []} for part in parts}
     for k, chunk in enumerate(chunks):
+        if k == 1:  # the first batch warms up
+            usage, memory = Usage(), PeakMemory().__enter__()
         points = torch.stack([torch.as_tensor(item["points"]) for item in chunk])
         instructions = [item["instruction"] for item in chunk]
-        for part in (parts if k % 2 == 0 else parts[::-1]):
+        for part in (parts if k % 2 == 0 else parts[::-1]):  # taking turns, the order alternating
             model.fast_path = part != "score-plain"
-            with StepMemory() as memory:
-                tic = time.perf_counter()
-                if part == "generate":
-                    batch = model.formatter.pad_prompts([model.formatter.encode_prompt(t) for t in instructions])
-                    answers = model.generate(batch["input_ids"], batch["attention_mask"], points,
-                                             max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS)
-                    output = [[len(model.tokenizer(a, add_special_tokens=False)["input_ids"])] for a in answers]
-                else:
-                    output = model.class_probabilities(points, instructions).tolist()
-                elapsed = time.perf_counter() - tic
-            if k:  # the first batch warms up
-                entry = result[part]
-                entry["seconds"] += elapsed
-                entry["outputs"] += output
-                entry["step_memory_mib"] = max(entry["step_memory_mib"], memory.extra)
+            tic = time.perf_counter()
+            if part == "generate":
+                batch = model.formatter.pad_prompts([model.formatter.encode_prompt(t) for t in instructions])
+                answers = model.generate(batch["input_ids"], batch["attention_mask"], points,
+                                         max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS)
+                output = [[len(model.tokenizer(a, add_special_tokens=False)["input_ids"])] for a in answers]
+            else:
+                output = model.class_probabilities(points, instructions).tolist()
+            elapsed = time.perf_counter() - tic
+            if k:
+                result[part]["seconds"] += elapsed
+                result[part]["outputs"] += output
+    memory.__exit__()
     for entry in result.values():
         entry.update(seconds_per_face=entry["seconds"] / n, faces_per_second=n / entry["seconds"], batch=size, faces=n)
+    result.update(peak_rss_mib=memory.peak, cpu_share=usage.share(args.threads))
     return result
 
 
@@ -212,12 +215,9 @@ def child(args) -> None:
     torch.set_num_threads(args.threads)
     if args.part == "inference":
         result = run_inference(args)
-    elif args.part in ("stage1", "stage2"):
-        result = run_stage(args, int(args.part[-1]), {"plain": {"fast_path": False}, "fast": {"fast_path": True}})
-    elif args.part == "stage1-one-group":
-        result = run_stage(args, 1, {"fast": {}, "without": {"one_group": True}})
-    else:
-        result = run_stage(args, 2, {"fast": {}, "without": {"foreach_adamw": True}})
+    else:  # stage1-plain, stage2-fast, stage1-fast-one-group, ...
+        stage, mode, *without = args.part.split("-", 2)
+        result = run_stage(args, int(stage[-1]), mode == "fast", "".join(without))
     Path(args.result).write_text(json.dumps(result))
 
 
@@ -227,14 +227,14 @@ def report(args, results: dict, total_seconds: float) -> tuple[str, dict]:
     import numpy as np
     import torch
 
-    speed = {s: results[f"stage{s}"]["fast"]["samples_per_second"] / results[f"stage{s}"]["plain"]["samples_per_second"]
+    speed = {s: results[f"stage{s}-fast"]["samples_per_second"] / results[f"stage{s}-plain"]["samples_per_second"]
              for s in (1, 2)}
     inference = results["inference"]
     gen = inference["generate"]["seconds_per_face"]
     score_speedup = gen / inference["score-fast"]["seconds_per_face"]
     plain_score_speedup = gen / inference["score-plain"]["seconds_per_face"]
-    loss_diff = {s: float(np.max(np.abs(np.subtract(results[f"stage{s}"]["fast"]["losses"],
-                                                        results[f"stage{s}"]["plain"]["losses"])))) for s in (1, 2)}
+    loss_diff = {s: float(np.max(np.abs(np.subtract(results[f"stage{s}-fast"]["losses"],
+                                                        results[f"stage{s}-plain"]["losses"])))) for s in (1, 2)}
     prob_diff = float(np.max(np.abs(np.subtract(inference["score-fast"]["outputs"], inference["score-plain"]["outputs"]))))
     new_tokens = np.mean([row[0] for row in inference["generate"]["outputs"]])
     lines = [
@@ -243,35 +243,33 @@ def report(args, results: dict, total_seconds: float) -> tuple[str, dict]:
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch threads = {args.threads}; "
         f"torch {torch.__version__}. LLM: {args.llm or 'embedded SmolLM2-135M-Instruct'} (float32); encoder: "
         f"{args.encoder or 'random PointMLP-elite (CPU preset options)'}; faces: {args.data or 'random points'}. "
-        f"Plain and fast take turns step by step (batch by batch for inference) in one process per part; "
-        f"{args.warmup} warm-up step(s) / the first batch not timed. Total run time {total_seconds / 60:.1f} min.", "",
-        "| part | plain | fast | speed-up | step memory plain / fast |", "|---|---:|---:|---:|---:|"]
+        f"Training: one process per stage and mode, the same batches and starting weights, {args.warmup} warm-up "
+        f"step(s) not timed. Inference: one process, generation and both scorings taking turns batch by batch, "
+        f"the first batch not timed. CPU share: the CPU time a part got over (threads x wall time); well "
+        f"below 1.0 means other work took the cores. Total run time {total_seconds / 60:.1f} min.", "",
+        "| part | plain | fast | speed-up | peak RSS plain / fast | CPU share plain / fast |",
+        "|---|---:|---:|---:|---:|---:|"]
     for label, stage in (("stage 1 (projector), samples/s", 1), ("stage 2 (full LLM), samples/s", 2)):
-        part = results[f"stage{stage}"]
-        plain, fast = part["plain"], part["fast"]
-        lines.append(f"| {label} (batch {part['batch']}, {part['steps']} steps) | {plain['samples_per_second']:.2f} | "
+        plain, fast = results[f"stage{stage}-plain"], results[f"stage{stage}-fast"]
+        lines.append(f"| {label} (batch {plain['batch']}, {plain['steps']} steps) | {plain['samples_per_second']:.2f} | "
                      f"{fast['samples_per_second']:.2f} | **{speed[stage]:.2f}×** | "
-                     f"{plain['step_memory_mib']:.0f} / {fast['step_memory_mib']:.0f} MiB |")
+                     f"{plain['peak_rss_mib']:.0f} / {fast['peak_rss_mib']:.0f} MiB | "
+                     f"{plain['cpu_share']:.2f} / {fast['cpu_share']:.2f} |")
     sp, sf, g = inference["score-plain"], inference["score-fast"], inference["generate"]
     lines += [
         f"| class scoring (`class_probabilities`, batch {sp['batch']}), faces/s | {sp['faces_per_second']:.2f} | "
         f"{sf['faces_per_second']:.2f} | **{sf['faces_per_second'] / sp['faces_per_second']:.2f}×** | "
-        f"{sp['step_memory_mib']:.0f} / {sf['step_memory_mib']:.0f} MiB |",
-        f"| generation ({NEW_TOKENS} new tokens, batch {g['batch']}), faces/s | {g['faces_per_second']:.2f} | | | "
-        f"{g['step_memory_mib']:.0f} MiB |", "",
-        "Step memory: the peak RSS of a step above the RSS before it (activations, gradients, caches); the "
-        f"process's peak RSS during the timed steps: stage 1 {results['stage1']['plain']['peak_rss_mib']:.0f} / "
-        f"{results['stage1']['fast']['peak_rss_mib']:.0f} MiB, stage 2 {results['stage2']['plain']['peak_rss_mib']:.0f} / "
-        f"{results['stage2']['fast']['peak_rss_mib']:.0f} MiB (plain / fast, both runs resident).", "",
+        f"{inference['peak_rss_mib']:.0f} MiB (all inference) | {inference['cpu_share']:.2f} |",
+        f"| generation ({NEW_TOKENS} new tokens, batch {g['batch']}), faces/s | {g['faces_per_second']:.2f} | | | | |", "",
         f"Scoring vs generating a {NEW_TOKENS}-token answer, per face: **{score_speedup:.2f}×** faster with the fast "
         f"path ({plain_score_speedup:.2f}× without it); {gen:.3f} s vs {sf['seconds_per_face']:.3f} s per face "
         f"({g['faces']} faces; answers re-tokenised: {new_tokens:.1f} tokens on average).", "",
         "Same results: largest |loss difference| per step between the plain and the fast loop: "
         f"stage 1 {loss_diff[1]:.2e}, stage 2 {loss_diff[2]:.2e} (plain losses "
-        f"{results['stage1']['plain']['losses'][0]:.4f} → {results['stage1']['plain']['losses'][-1]:.4f} and "
-        f"{results['stage2']['plain']['losses'][0]:.4f} → {results['stage2']['plain']['losses'][-1]:.4f}); largest "
+        f"{results['stage1-plain']['losses'][0]:.4f} → {results['stage1-plain']['losses'][-1]:.4f} and "
+        f"{results['stage2-plain']['losses'][0]:.4f} → {results['stage2-plain']['losses'][-1]:.4f}); largest "
         f"|class probability difference| between plain and fast scoring: {prob_diff:.2e}.", "",
-        f"Batch widths (tokens) of stage 1: {results['stage1']['widths']}.", "",
+        f"Batch widths (tokens) of stage 1: {results['stage1-plain']['widths']}.", "",
         *ablation_lines(results),
         "Targets of the issue: stage 1 ≥ 3× (reached: "
         + ("yes" if speed[1] >= 3 else f"no, {speed[1]:.2f}×, {3 / speed[1]:.2f}× short")
@@ -283,13 +281,13 @@ def report(args, results: dict, total_seconds: float) -> tuple[str, dict]:
 
 def ablation_lines(results: dict) -> list[str]:
     lines = []
-    for part, lever in (("stage1-one-group", "length groups (vs all rows in one group)"),
-                        ("stage2-foreach-adamw", "fused AdamW (vs the default for-each kernel)")):
+    for part, lever in (("stage1-fast-one-group", "length groups (vs all rows in one group)"),
+                        ("stage2-fast-foreach-adamw", "fused AdamW (vs the default for-each kernel)")):
         if part in results:
-            full, without = (results[part][k]["samples_per_second"] for k in ("fast", "without"))
-            lines.append(f"- {part[:6]}, {lever}: {full:.2f} vs {without:.2f} samples/s, **{full / without:.2f}×**")
-    return ["Ablations (`--ablations`, the fast path with and without one lever, taking turns likewise):", "",
-            *lines, ""] if lines else []
+            full, without = results[part[:11]]["samples_per_second"], results[part]["samples_per_second"]
+            lines.append(f"- {part[:6]}, {lever}: {full:.2f} vs {without:.2f} samples/s, **{full / without:.2f}×** "
+                         f"(CPU share {results[part]['cpu_share']:.2f})")
+    return ["Ablations (`--ablations`: the fast path without one lever, one process each):", "", *lines, ""] if lines else []
 
 
 def main() -> int:
