@@ -8,10 +8,8 @@ playwright the tests are skipped, with the reason (``pytest -ra``).
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import os
-import sys
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -19,6 +17,7 @@ from urllib.parse import urlsplit
 import httpx
 import numpy as np
 import pytest
+from benchmark_loader import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("FACEPHI_CHROMIUM", "/usr/bin/chromium")
@@ -31,14 +30,6 @@ WASM_LOG = ("INFO:", "WARNING:", "W0000", "I0000")
 CLASSES = ["neutral", "happiness", "sadness", "surprise", "fear", "disgust", "anger", "contempt"]
 
 pytestmark = pytest.mark.timeout(300)
-
-
-def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("serve_load", ROOT / "benchmarks" / "serve_load.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("serve_load", module)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +71,7 @@ def server(tmp_path_factory):
 
         model_dir = tiny_facephi(tmp_path_factory.mktemp("serve") / "tiny")
     model = FacePhi.from_pretrained(model_dir, device="cpu", max_new_tokens=24 if SCREENSHOT else 6)
-    with _load_benchmark().running_server(create_app(model, 5 * 2**20, 120.0)) as url:
+    with load_benchmark("serve_load").running_server(create_app(model, 5 * 2**20, 120.0)) as url:
         yield url
     model.close()
 

@@ -4,28 +4,18 @@ lines and its markdown report."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
+from benchmark_loader import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "images"
 KEYS = ("p50_ms", "p95_ms", "extract_p50_ms", "generate_p50_ms", "generate_mean_tokens", "end_to_end_p50_ms")
 
 pytestmark = pytest.mark.timeout(300)
-
-
-def _load_benchmark():
-    if "predict_latency" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("predict_latency", ROOT / "benchmarks" / "predict_latency.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["predict_latency"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["predict_latency"]
 
 
 def test_predict_latency_smoke(tmp_path, capsys):
@@ -40,7 +30,7 @@ def test_predict_latency_smoke(tmp_path, capsys):
         shutil.copy(EXAMPLES / name, photos / name)
     out = tmp_path / "results" / "predict_latency.md"
 
-    code = _load_benchmark().main(["--model", str(model), "--images", str(photos), "--data", str(data),
+    code = load_benchmark("predict_latency").main(["--model", str(model), "--images", str(photos), "--data", str(data),
                                    "--ferplus-images", str(tmp_path / "absent"), "--faces", "5",
                                    "--threads", "1", "--warmup", "1", "--max-new-tokens", "4",
                                    "--out", str(out)])
@@ -74,6 +64,6 @@ def test_predict_latency_smoke(tmp_path, capsys):
 
 
 def test_predict_latency_missing_model(tmp_path, capsys):
-    code = _load_benchmark().main(["--model", str(tmp_path / "nothing"), "--faces", "1"])
+    code = load_benchmark("predict_latency").main(["--model", str(tmp_path / "nothing"), "--faces", "1"])
     assert code == 2
     assert "error" in capsys.readouterr().err

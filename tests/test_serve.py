@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import importlib.util
 import io
 import json
 import os
@@ -25,21 +24,13 @@ from fastapi.testclient import TestClient
 
 from facephi.labels import CLASSES
 from facephi.serve.app import MAX_FACES_PER_REQUEST, STATIC, create_app
+from benchmark_loader import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTO = ROOT / "examples" / "images" / "happiness_1.jpg"
 VENDOR = STATIC / "vendor"
 
 pytestmark = pytest.mark.timeout(300)
-
-
-def _load_benchmark():
-    if "serve_load" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("serve_load", ROOT / "benchmarks" / "serve_load.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["serve_load"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["serve_load"]
 
 
 class FakeModel:
@@ -286,7 +277,7 @@ def test_upload_limit_is_checked_while_receiving(fake):
 
 def test_declared_too_large_body_is_refused_before_it_is_sent(fake):
     """On a real server, a Content-Length over the limit gets 413 at once, with no body sent."""
-    with _load_benchmark().running_server(create_app(fake, max_upload_bytes=2**20, timeout_s=5)) as url:
+    with load_benchmark("serve_load").running_server(create_app(fake, max_upload_bytes=2**20, timeout_s=5)) as url:
         host, port = url.removeprefix("http://").split(":")
         with socket.create_connection((host, int(port)), timeout=10) as sock:
             sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
@@ -558,7 +549,7 @@ def test_vendored_face_landmarker_finds_the_landmarks_facephi_finds(photo_landma
 
 # -------------------------------------------------------------------------------- load test
 def test_short_loopback_load_test():
-    result = _load_benchmark().run(model_ms=5, clients=4, seconds=1.0)
+    result = load_benchmark("serve_load").run(model_ms=5, clients=4, seconds=1.0)
     assert result["ok"] >= 10 and result["errors"] == {}
     assert result["mixed"] == 0 and result["overlapping_model_calls"] == 0
     assert 0 < result["p50_ms"] <= result["p95_ms"]
