@@ -53,6 +53,8 @@ class Input:
     image: Path | None = None
     raw: np.ndarray | None = None  # float32 [478, 3]
     size: tuple[float, float] | None = None  # image (width, height)
+    probs: np.ndarray | None = None  # [8] class probabilities of stage (b)
+    answer: str | None = None  # answer of stage (c)
 
 
 @dataclass
@@ -91,6 +93,8 @@ def log(message: str) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from facephi.model.precision import PRECISIONS
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", type=Path, default=None,
                         help="FacePhi model folder (default: $FACEPHI_MODEL, else the shipped model)")
@@ -104,6 +108,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls of each stage first")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="answer length limit (stages c, d)")
     parser.add_argument("--device", default="cpu", help="torch device of the model (default cpu)")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
+                        help="what the LLM computes in (FacePhi.from_pretrained's precision; default auto)")
+    parser.add_argument("--check-answers", type=int, default=50,
+                        help="below float32: inputs whose answers are also generated in float32 and compared")
     parser.add_argument("--out", type=Path, default=None, help="write the markdown report here")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -239,13 +247,15 @@ def run_model_stages(api: Any, inputs: list[Input], warmup: int, max_new_tokens:
             if probs.shape != (1, 8) or abs(float(probs.sum()) - 1.0) > 1e-3:
                 raise RuntimeError(f"class_probabilities gave {probs}")
             scoring.add(item.source, seconds)
+            item.probs = probs[0].numpy()
         for _ in range(warmup):
             generate(usable[0])
         counter = TokenCounter(model.llm, model.tokenizer.eos_token_id)
         try:
             for item in usable:
-                seconds, _ = timed(lambda: generate(item))
+                seconds, answers = timed(lambda: generate(item))
                 generation.add(item.source, seconds)
+                item.answer = answers[0]
         finally:
             counter.restore()
     return counter.counts
@@ -267,6 +277,36 @@ def run_end_to_end(api: Any, inputs: list[Input], warmup: int, stage: Stage, not
             stage.add(item.source, seconds)
     if errors:
         notes.append(f"end to end: {len(errors)} image(s) unanswered, not timed: {', '.join(errors[:10])}.")
+
+
+def compare_with_float32(args: argparse.Namespace, path: Path, inputs: list[Input], stage: Stage) -> dict[str, Any]:
+    """Below float32: the same inputs through a float32 copy of the model, its scoring timed into
+    ``stage``; how often the two agree (most probable class, largest probability gap, answer text)."""
+    import torch
+
+    from facephi import FacePhi
+
+    api = FacePhi.from_pretrained(path, device=args.device, threads=args.threads, max_new_tokens=args.max_new_tokens,
+                                  batch_size=1, precision="float32", flag="--model")
+    model, encoder, instruction = api.predictor.model, api.predictor.encoder, api.predictor.instruction
+    device = next(iter(model.parameters())).device
+    usable = [item for item in inputs if item.probs is not None]
+    gaps, same_class, same_answer, checked = [], 0, 0, 0
+    with torch.inference_mode():
+        for i, item in enumerate(usable):
+            points = encoder.normalize(item.raw[None], np.asarray([item.size], dtype=np.float32)).to(device)
+            seconds, probs = timed(lambda: model.class_probabilities(points, [instruction]).float().cpu()[0].numpy())
+            if i >= args.warmup:  # the first calls warm the float32 model up
+                stage.add(item.source, seconds)
+            gaps.append(float(np.abs(probs - item.probs).max()))
+            same_class += int(probs.argmax() == item.probs.argmax())
+            if i < args.check_answers and item.answer is not None:
+                checked += 1
+                same_answer += int(model.answer(points, [instruction], args.max_new_tokens)[0] == item.answer)
+    api.close()
+    return {"n": len(usable), "same_class": same_class, "max_gap": max(gaps, default=float("nan")),
+            "median_gap": float(np.median(gaps)) if gaps else float("nan"), "checked": checked,
+            "same_answer": same_answer}
 
 
 def machine(threads_asked: int, device: str) -> dict[str, Any]:
@@ -299,12 +339,14 @@ def fmt(value: float) -> str:
 
 
 def report(args: argparse.Namespace, model: Path, info: dict[str, Any], stages: list[Stage],
-           tokens: list[int], notes: list[str], load_s: float, instruction: str) -> str:
+           tokens: list[int], notes: list[str], load_s: float, instruction: str, precision: str,
+           fidelity: dict[str, Any] | None) -> str:
     lines = ["# Prediction latency (CPU, one input at a time)", "",
              f"Command: `python benchmarks/predict_latency.py {shlex.join(args.argv)}`", "",
              f"Model: `{model}` (loaded once, in {load_s:.1f} s). Instruction: \"{instruction}\". "
              f"Batch size 1, {args.warmup} untimed warm-up call(s) per stage, `time.perf_counter` per input; "
-             f"answers greedy, at most {args.max_new_tokens} new tokens.", "",
+             f"answers greedy, at most {args.max_new_tokens} new tokens. LLM precision: {precision} "
+             f"(`--precision {args.precision}`).", "",
              "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()) + ".", "",
              "| stage | inputs | n | p50 ms | p95 ms | mean ms |", "|---|---|---:|---:|---:|---:|"]
     for stage in stages:
@@ -324,10 +366,17 @@ def report(args: argparse.Namespace, model: Path, info: dict[str, Any], stages: 
         verdict = "met" if scoring["p50"] <= TARGET_MS else "NOT met"
         lines.append(f"Target: landmarks → class probabilities p50 ≤ {TARGET_MS:.0f} ms: {verdict} "
                      f"(p50 {scoring['p50']:.1f} ms).")
+    if fidelity is not None:
+        f = fidelity
+        lines.append(f"{precision} against float32 on the same {f['n']} inputs: the most probable class agrees on "
+                     f"{f['same_class']} ({100 * f['same_class'] / max(f['n'], 1):.1f} %); the largest difference "
+                     f"of one class probability is {f['max_gap']:.4f} (median over inputs {f['median_gap']:.4f}); "
+                     f"the answer in words is identical for {f['same_answer']} of {f['checked']} inputs.")
     lines += ["", "Stages: (a) image file → 478 landmarks (decode + MediaPipe FaceMesh, largest face); "
               "(b) landmarks → class probabilities (normalise + `class_probabilities`, likelihood of the 8 "
               "class answers); (c) landmarks → answer (normalise + `answer`); (d) image → answer + class "
-              "probabilities through `FacePhi.predict(path)` ((a) + (b) + (c) + answer parsing)."]
+              "probabilities through `FacePhi.predict(path)` ((a) + (b) + (c) + answer parsing); (b32) as (b) "
+              "with a float32 copy of the model, measured when the main precision is lower."]
     if notes:
         lines += ["", "Notes:", ""] + [f"- {note}" for note in notes]
     return "\n".join(lines) + "\n"
@@ -345,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         path = model_path(args.model)
         load_s, api = timed(lambda: FacePhi.from_pretrained(path, device=args.device, threads=args.threads,
                                                             max_new_tokens=args.max_new_tokens, batch_size=1,
-                                                            flag="--model"))
+                                                            precision=args.precision, flag="--model"))
     except FacePhiError as exc:
         print(f"predict_latency: error: {exc}", file=sys.stderr)
         return 2
@@ -367,7 +416,12 @@ def main(argv: list[str] | None = None) -> int:
     run_end_to_end(api, inputs, args.warmup, end_to_end, notes)
     api.close()
     stages = [extraction, scoring, generation, end_to_end]
-    text = report(args, path, info, stages, tokens, notes, load_s, api.predictor.instruction)
+    fidelity = None
+    if api.precision != "float32":
+        log("float32 copy: stage (b) and agreement")
+        stages.append(Stage("scoring32", "(b32) landmarks → class probabilities, float32"))
+        fidelity = compare_with_float32(args, path, inputs, stages[-1])
+    text = report(args, path, info, stages, tokens, notes, load_s, api.predictor.instruction, api.precision, fidelity)
     if args.out is not None:
         write_text(args.out, text)
         log(f"wrote {args.out}")
@@ -380,6 +434,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"generate_p50_ms={summary(generation.all_times())['p50']:.2f}")
     print(f"generate_mean_tokens={np.mean(tokens) if tokens else float('nan'):.2f}")
     print(f"end_to_end_p50_ms={summary(end_to_end.all_times())['p50']:.2f}")
+    print(f"precision={api.precision}")
+    if fidelity is not None:
+        print(f"float32_p50_ms={summary(stages[-1].all_times())['p50']:.2f}")
+        print(f"float32_class_agreement={fidelity['same_class'] / max(fidelity['n'], 1):.4f}")
     return 0
 
 

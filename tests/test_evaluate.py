@@ -71,7 +71,9 @@ def test_scores_and_files(tmp_path):
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["accuracy"] == pytest.approx(0.3) and saved["settings"]["batch_size"] == 4
     assert (tmp_path / "confusion.png").read_bytes()[:4] == b"\x89PNG"
-    assert "| Accuracy | 30.0 % |" in (tmp_path / "report.md").read_text()
+    assert "| Accuracy | 30.0 % (95 % CI " in (tmp_path / "report.md").read_text()
+    low, high = saved["intervals"]["accuracy"]
+    assert 0 <= low < 0.3 < high <= 1 and saved["intervals"]["resamples"] == 1000
     assert not (tmp_path / "predictions.partial.jsonl").exists()
     loaded = EvalResult.load(tmp_path)
     assert loaded.metrics == m and loaded.records == result.records

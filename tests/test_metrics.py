@@ -68,3 +68,33 @@ def test_confusion_matrix_has_a_miss_column():
 def test_bad_inputs_are_rejected(y_true, y_pred, message):
     with pytest.raises(ValueError, match=message):
         compute_metrics(np.asarray(y_true), np.asarray(y_pred, dtype=np.int64), class_names=NAMES)
+
+
+def test_bootstrap_intervals_bracket_the_estimate_and_shrink_with_n():
+    from facephi.scoring.metrics import bootstrap_intervals
+
+    rng = np.random.default_rng(0)
+
+    def sample(n):
+        truth = rng.integers(0, 8, n)
+        pred = np.where(rng.random(n) < 0.6, truth, rng.integers(-1, 8, n))
+        return truth, pred
+
+    small, large = sample(200), sample(5000)
+    m_small = compute_metrics(*small, bootstrap=500)
+    m_large = compute_metrics(*large, bootstrap=500)
+    for m in (m_small, m_large):
+        for key in ("accuracy", "balanced_accuracy", "macro_f1"):
+            low, high = m.intervals[key]
+            assert low < getattr(m, key) < high, key
+    width = lambda m: m.intervals["accuracy"][1] - m.intervals["accuracy"][0]  # noqa: E731
+    assert width(m_large) < width(m_small) / 3
+    # about +-1.96 standard errors of a proportion
+    p = m_large.accuracy
+    assert abs(width(m_large) - 2 * 1.96 * np.sqrt(p * (1 - p) / 5000)) < 0.006
+    assert bootstrap_intervals(*small, 8, 500) == bootstrap_intervals(*small, 8, 500)  # seeded
+    assert compute_metrics(*small).intervals is None
+    # every answer right: a zero-width interval at 1
+    assert compute_metrics(small[0], small[0], bootstrap=50).intervals["accuracy"] == [1.0, 1.0]
+    with pytest.raises(ValueError, match="bootstrap"):
+        bootstrap_intervals(*small, 8, 0)

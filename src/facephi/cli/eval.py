@@ -77,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         from facephi.model.facephi import FacePhiModel
 
         model = FacePhiModel.from_pretrained(config.model).to(device)
+        common["settings"]["precision"] = model.set_precision(config.precision)
         result = evaluate_model(model, data, config.split, batch_size=config.batch_size,
                                 max_new_tokens=config.max_new_tokens, instruction_policy=config.instructions,
                                 instruction=config.instruction, mode=config.mode,

@@ -43,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
 
     config = from_args(ServeConfig, args)
     model = FacePhi.from_pretrained(config.model, device=config.device, threads=config.threads,
-                                    max_new_tokens=config.max_new_tokens, flag="--model")
+                                    max_new_tokens=config.max_new_tokens, precision=config.precision,
+                                    flag="--model")
     info = {"path": str(config.model) if config.model is not None else "default"}
     app = create_app(model, config.max_upload_bytes, config.timeout_s, info=info)
     sock = socket.socket(socket.AF_INET6 if ":" in config.host else socket.AF_INET)

@@ -184,14 +184,24 @@ class InstructionDataset(Dataset):
     order in which items are read or on the subset wrapped. With ``for_generation=True`` the
     items hold the unpadded prompt (``input_ids``) for ``PromptFormatter.collate_prompts``
     instead of the padded training sequence.
+
+    ``votes`` (``[N, 8]`` per landmark-set row, e.g. FER+'s crowd votes): the class the answer
+    names is drawn from the item's votes (a separate draw per seed, epoch and item), not its label;
+    in expectation the answer loss is the vote-weighted mean of the classes' losses (soft targets).
+    The item's ``label`` stays its label; ``answer_class`` is the class its answer names.
     """
 
     def __init__(self, base_dataset: Dataset, formatter: PromptFormatter, seed: int = 0,
-                 for_generation: bool = False) -> None:
+                 for_generation: bool = False, votes: np.ndarray | None = None) -> None:
         self.base = base_dataset
         self.formatter = formatter
         self.seed = int(seed)
         self.for_generation = for_generation
+        self.votes = None if votes is None else np.asarray(votes, dtype=np.float64)
+        if self.votes is not None and (self.votes.ndim != 2 or self.votes.shape[1] != len(CLASSES)
+                                       or not np.isfinite(self.votes).all() or (self.votes < 0).any()):
+            raise FacePhiError(f"InstructionDataset: votes must be finite non-negative [N, {len(CLASSES)}], "
+                               f"got shape {list(self.votes.shape)}")
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -206,11 +216,23 @@ class InstructionDataset(Dataset):
         label = int(item["label"])
         if not 0 <= label < len(CLASSES):
             raise FacePhiError(f"InstructionDataset: sample {item['index']} has no class label ({label})")
-        rng = np.random.default_rng([self.seed, self.epoch, int(item["index"])])
-        instruction, answer = sample_conversation(label, rng)
+        index = int(item["index"])
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        named = label if self.votes is None else self._drawn_class(index, label)
+        instruction, answer = sample_conversation(named, rng)
         item["instruction"], item["answer"] = instruction, answer
+        item["answer_class"] = named
         if self.for_generation:
             item["input_ids"] = torch.tensor(self.formatter.encode_prompt(instruction), dtype=torch.long)
         else:
             item.update(self.formatter.encode_train(instruction, answer))
         return item
+
+    def _drawn_class(self, index: int, label: int) -> int:
+        """A class drawn from row ``index``'s votes (its label when it has none)."""
+        row = self.votes[index]
+        total = row.sum()
+        if total <= 0:
+            return label
+        rng = np.random.default_rng([self.seed, self.epoch, index, 1])  # apart from the template draw
+        return int(rng.choice(len(CLASSES), p=row / total))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from facephi.config import Config, setting
 from facephi.landmarks.store import SUBSET_POLICIES
+from facephi.model.precision import PRECISIONS
 
 INSTRUCTION_POLICIES = ("random", "first")
 EVAL_MODES = ("generate", "score", "both")
@@ -37,6 +38,9 @@ class EvalConfig(Config):
     seed: int = setting(0, help="seed of the instruction draw and of --limit")
     threads: int | None = setting(None, min=1, help="torch CPU threads (default: torch's)")
     device: str = setting("auto", help="cpu, cuda, cuda:1, ... (auto: cuda when available)")
+    precision: str = setting("float32", choices=PRECISIONS,
+                             help="what a FacePhi model's LLM computes in (float32: the figures the README "
+                                  "reports; auto: bfloat16 where the hardware has it, as predict and serve)")
     mode: str = setting("generate", choices=EVAL_MODES,
                         help="generate = greedy answers scored by keyword matching (the paper's metric); score = "
                              "class probabilities from the likelihood of each class's answer (argmax class, "

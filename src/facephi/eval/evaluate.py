@@ -53,7 +53,7 @@ import torch
 from facephi.scoring.calibration import adjust_by_prior, calibration_summary, estimate_prior
 from facephi.scoring.keywords import match_answer
 from facephi.scoring.metrics import MISS, ClassificationMetrics, compute_metrics
-from facephi.eval.report import metrics_markdown, save_confusion_png, save_reliability_png
+from facephi.eval.report import interval_text, metrics_markdown, save_confusion_png, save_reliability_png
 from facephi.labels import CLASSES
 from facephi.landmarks.store import SPLIT_SEED
 from facephi.utils.errors import FacePhiError
@@ -69,6 +69,8 @@ PARTIAL_NAME = "predictions.partial.jsonl"
 EVAL_MODES = ("generate", "score", "both")
 SCORE_BLOCKS = ("score", "score_prior_corrected")
 EXTRA_KEYS = (*SCORE_BLOCKS, "agreement")
+BOOTSTRAP_RESAMPLES = 1000
+"""Resamples of the 95 % bootstrap intervals every evaluation reports (accuracy, macro recall, macro-F1)."""
 """Keys of ``metrics.json`` beside the top-level metrics (``EvalResult.extra``)."""
 
 
@@ -221,6 +223,7 @@ def _run(
         [r["true_index"] for r in records], [r["predicted_index"] for r in records],
         ambiguous=[r["ambiguous"] for r in records] if "ambiguous" in records[0] else None,
         contains_correct=[r["correct_contains"] for r in records] if "correct_contains" in records[0] else None,
+        bootstrap=BOOTSTRAP_RESAMPLES,
     )
     result = EvalResult(metrics, records, settings, seconds, out, summarize(records) if summarize else {})
     if out:
@@ -261,8 +264,12 @@ def _scoring_markdown(extra: dict[str, Any]) -> str:
     lines = ["## Class scoring", "", "| Metric | " + " | ".join(names[c] for c in columns) + " |",
              "|---|" + "---|" * len(columns)]
     for label, key, percent in rows:
-        values = [extra[c].get(key, extra[c]["calibration"].get(key)) for c in columns]
-        lines.append(f"| {label} | " + " | ".join(f"{100 * v:.1f} %" if percent else f"{v:.3f}" for v in values) + " |")
+        cells = []
+        for c in columns:
+            value = extra[c].get(key, extra[c]["calibration"].get(key))
+            cells.append(f"{100 * value:.1f} %{interval_text(extra[c].get('intervals'), key)}" if percent
+                         else f"{value:.3f}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     if "agreement" in extra:
         lines += ["", f"Agreement of the generated class with the scored argmax: {100 * extra['agreement']:.1f} %"]
     return "\n".join(lines) + "\n"
@@ -292,7 +299,7 @@ def _score_block(records: list[dict[str, Any]], prior: np.ndarray | None = None)
     if prior is not None:
         probabilities = adjust_by_prior(probabilities, prior)
     truth = np.array([r["true_index"] for r in records], dtype=np.int64)
-    metrics = compute_metrics(truth, probabilities.argmax(axis=1))
+    metrics = compute_metrics(truth, probabilities.argmax(axis=1), bootstrap=BOOTSTRAP_RESAMPLES)
     return {**metrics.to_dict(), "calibration": calibration_summary(probabilities, truth)}
 
 

@@ -33,8 +33,16 @@ def summary_lines(metrics: ClassificationMetrics) -> list[tuple[str, str]]:
     for key, label in _SUMMARY_ROWS:
         value = getattr(metrics, key)
         if value is not None and not (classifier and key == "miss_rate"):
-            lines.append((label, _percent(value)))
+            lines.append((label, _percent(value) + interval_text(metrics.intervals, key)))
     return lines
+
+
+def interval_text(intervals: dict[str, Any] | None, key: str) -> str:
+    """`` (95 % CI 65.4–68.6)`` for metric ``key`` of a metrics' ``intervals``, else ``""``."""
+    if not intervals or key not in intervals:
+        return ""
+    low, high = intervals[key]
+    return f" ({100 * intervals['level']:.0f} % CI {100 * low:.1f}–{100 * high:.1f})"
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:

@@ -199,13 +199,19 @@ class FacePhiModel(nn.Module):
         self.encoder.eval()
         return self
 
-    def set_trainable(self, stage: int, lora: bool = False, lora_config: dict[str, Any] | None = None) -> None:
-        """Stage 1: projector only. Stage 2: projector + LLM (full) or + LoRA adapter. Encoder: never."""
+    def set_trainable(self, stage: int, lora: bool = False, lora_config: dict[str, Any] | None = None,
+                      train_encoder: bool = False) -> None:
+        """Stage 1: projector only. Stage 2: projector + LLM (full) or + LoRA adapter, and with
+        ``train_encoder`` the encoder's weights too (it stays in eval mode: BatchNorm statistics
+        and dropout as aligned)."""
         if stage not in (1, 2):
             raise FacePhiError(f"set_trainable: stage must be 1 or 2, got {stage}")
+        if train_encoder and stage != 2:
+            raise FacePhiError("set_trainable: train_encoder applies to stage 2 only")
         self._prefix_state = None
         self.requires_grad_(False)
         self.projector.requires_grad_(True)
+        self.encoder.requires_grad_(train_encoder)
         if stage == 2 and lora:
             if self.config.llm_weights == "full":
                 raise FacePhiError("set_trainable: LoRA on top of a fully fine-tuned LLM is not supported")
@@ -220,6 +226,19 @@ class FacePhiModel(nn.Module):
                 raise FacePhiError("set_trainable: this model has a LoRA adapter; continue with lora=True")
             self.llm.requires_grad_(True)
             self.config.llm_weights = "full"
+
+    def set_precision(self, precision: str) -> str:
+        """Compute the LLM and projector in ``precision`` (``auto``, ``float32``, ``bfloat16``; see
+        :mod:`facephi.model.precision`) on their current device, for answering; the encoder stays
+        float32. Returns the precision used. Training and ``save_pretrained`` expect float32."""
+        from facephi.model.precision import resolve_precision
+
+        resolved = resolve_precision(precision, self.projector.net[0].weight.device)
+        dtype = getattr(torch, resolved)
+        self.llm.to(dtype)
+        self.projector.to(dtype)
+        self._prefix_state = None
+        return resolved
 
     @property
     def has_lora(self) -> bool:

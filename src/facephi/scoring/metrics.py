@@ -17,6 +17,8 @@ Definitions (K classes, support = number of true samples of a class):
 * ``miss_rate``: fraction of predictions that are ``-1``.
 * ``ambiguous_rate`` / ``accuracy_contains``: only for LLM answers (see ``facephi.scoring.keywords``);
   None for classifiers.
+* ``intervals`` (with ``bootstrap=B``): percentile bootstrap intervals of accuracy, balanced accuracy
+  and macro-F1 over ``B`` resamples of the samples (with replacement, seeded), at ``level``.
 """
 
 from __future__ import annotations
@@ -55,6 +57,47 @@ class ClassificationMetrics(Config):
     class_names: list[str]
     ambiguous_rate: float | None = None
     accuracy_contains: float | None = None
+    intervals: dict[str, Any] | None = None
+
+
+BOOTSTRAP_LEVEL = 0.95
+INTERVAL_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
+
+
+def _rates(matrices: np.ndarray) -> dict[str, np.ndarray]:
+    """Accuracy, balanced accuracy and macro-F1 of confusion matrices ``[B, K, K+1]`` (classes
+    without support left out of the macro means, as in :func:`compute_metrics`)."""
+    k = matrices.shape[1]
+    hits = np.diagonal(matrices[:, :, :k], axis1=1, axis2=2).astype(np.float64)
+    support = matrices.sum(axis=2).astype(np.float64)
+    predicted = matrices[:, :, :k].sum(axis=1).astype(np.float64)
+    present = support > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = np.where(present, hits / support, 0.0)
+        f1 = np.where(present, 2 * hits / (support + predicted), 0.0)
+    count = present.sum(axis=1)
+    return {"accuracy": hits.sum(axis=1) / support.sum(axis=1),
+            "balanced_accuracy": recall.sum(axis=1) / count, "macro_f1": f1.sum(axis=1) / count}
+
+
+def bootstrap_intervals(truth: np.ndarray, pred: np.ndarray, num_classes: int, resamples: int = 1000,
+                        level: float = BOOTSTRAP_LEVEL, seed: int = 0) -> dict[str, Any]:
+    """Percentile bootstrap intervals ``[low, high]`` of :data:`INTERVAL_METRICS` (class indices,
+    ``-1`` = missed): ``resamples`` draws of the samples with replacement (``seed``)."""
+    if resamples < 1 or not 0 < level < 1:
+        raise ValueError(f"bootstrap: need resamples >= 1 and 0 < level < 1, got {resamples}, {level}")
+    columns = np.where(pred == MISS, num_classes, pred)
+    codes = truth * (num_classes + 1) + columns
+    cells = num_classes * (num_classes + 1)
+    rng = np.random.default_rng(seed)
+    matrices = np.empty((resamples, cells), dtype=np.int64)
+    for b in range(resamples):
+        matrices[b] = np.bincount(codes[rng.integers(len(codes), size=len(codes))], minlength=cells)
+    rates = _rates(matrices.reshape(resamples, num_classes, num_classes + 1))
+    tail = 100 * (1 - level) / 2
+    out: dict[str, Any] = {name: [float(np.percentile(rates[name], tail)), float(np.percentile(rates[name], 100 - tail))]
+                           for name in INTERVAL_METRICS}
+    return {**out, "level": level, "resamples": resamples, "seed": seed}
 
 
 def _validated(values: Sequence[int] | np.ndarray, name: str, low: int, num_classes: int) -> np.ndarray:
@@ -80,11 +123,13 @@ def compute_metrics(
     class_names: Sequence[str] = CLASSES,
     ambiguous: Sequence[bool] | np.ndarray | None = None,
     contains_correct: Sequence[bool] | np.ndarray | None = None,
+    bootstrap: int = 0,
 ) -> ClassificationMetrics:
     """Metrics of class predictions ``y_pred`` (``-1`` = missed) against labels ``y_true``.
 
     ``ambiguous`` and ``contains_correct`` (one flag per sample, from the keyword matcher) add the
-    ambiguous-answer rate and the lenient "contains" accuracy.
+    ambiguous-answer rate and the lenient "contains" accuracy; ``bootstrap=B`` adds 95 % intervals
+    from ``B`` resamples (:func:`bootstrap_intervals`, seed 0).
     """
     num_classes = len(class_names)
     truth = _validated(y_true, "y_true", 0, num_classes)
@@ -133,4 +178,5 @@ def compute_metrics(
         class_names=list(class_names),
         ambiguous_rate=rate(ambiguous, "ambiguous"),
         accuracy_contains=rate(contains_correct, "contains_correct"),
+        intervals=bootstrap_intervals(truth, pred, num_classes, bootstrap) if bootstrap else None,
     )

@@ -27,6 +27,7 @@ import numpy as np
 
 from facephi.labels import CLASSES, display_name
 from facephi.model.defaults import MODEL_ENV, SHIPPED_MODEL, default_model
+from facephi.model.precision import PRECISIONS
 from facephi.serve.predict import (
     LandmarkInput,
     Predictor,
@@ -188,27 +189,38 @@ class FacePhi:
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, device: Any = "auto", threads: int | None = None,
                         instruction: str | None = None, max_new_tokens: int = 32, batch_size: int = 16,
-                        *, flag: str | None = None) -> "FacePhi":
+                        precision: str = "auto", *, flag: str | None = None) -> "FacePhi":
         """Load a FacePhi model or landmark encoder folder (default: ``$FACEPHI_MODEL``, else the
         shipped ``models/facephi-smollm2-ferplus``) onto ``device`` ("auto": CUDA when available).
 
         ``threads``: torch CPU threads; ``instruction``: the question asked (default: the paper's
         first); ``max_new_tokens``: answer length limit; ``batch_size``: faces per model call;
-        ``flag``: the command-line option that named ``path``, for error messages.
+        ``precision``: what the LLM computes in (``auto``: bfloat16 where the CPU or GPU has native
+        bfloat16 arithmetic, else float32; see :mod:`facephi.model.precision`); ``flag``: the
+        command-line option that named ``path``, for error messages.
         """
         import torch
 
+        if precision not in PRECISIONS:
+            raise FacePhiError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if threads:
             torch.set_num_threads(int(threads))
         predictor = Predictor.from_pretrained(model_path(path), flag=flag, instruction=instruction,
                                               max_new_tokens=max_new_tokens, batch_size=batch_size)
         predictor.model.to(_device(device))
+        if predictor.kind == "facephi":
+            predictor.precision = predictor.model.set_precision(precision)
         return cls(predictor)
 
     @property
     def kind(self) -> str:
         """``"facephi"`` (answers in words) or ``"encoder"`` (a landmark encoder's classifier only)."""
         return self.predictor.kind
+
+    @property
+    def precision(self) -> str:
+        """What the LLM computes in: ``"float32"`` or ``"bfloat16"``."""
+        return self.predictor.precision
 
     @property
     def scores_from(self) -> str | None:

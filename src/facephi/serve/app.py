@@ -242,7 +242,7 @@ class ModelWorker:
 
 def model_info(model: Any) -> dict[str, Any]:
     info: dict[str, Any] = {"type": type(model).__name__}
-    for name in ("kind", "scores_from"):
+    for name in ("kind", "scores_from", "precision"):
         try:
             value = getattr(model, name, None)
         except Exception:  # noqa: BLE001 - a property of a half-loaded model

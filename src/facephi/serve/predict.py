@@ -371,6 +371,7 @@ class Predictor:
             self.scores_from = ENCODER_SCORES
         else:
             self.scores_from = None
+        self.precision = "float32"  # what the LLM computes in (FacePhi.from_pretrained may lower it)
         self.lock = threading.Lock()
 
     @classmethod

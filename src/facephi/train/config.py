@@ -24,6 +24,10 @@ linear warm-up, constant, cosine decay to 0 or linear decay to 0 (see :mod:`face
 CLASS_WEIGHTS = ("none", "balanced", "sqrt")
 SELECT_METRICS = ("accuracy", "balanced_accuracy", "probe_accuracy", "probe_balanced_accuracy")
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
+ANSWER_LABELS = ("plurality", "votes")
+"""Which class a training answer names: the face's label (the plurality of its votes), or a class
+drawn from its crowd votes (FER+), a new draw per face and epoch: in expectation the loss is the
+vote-weighted mean of the classes' answer losses, i.e. the votes as soft targets."""
 PRESETS = ("paper", "cpu")
 
 
@@ -142,10 +146,17 @@ class TrainConfig(Config):
     lora_r: int = setting(16, min=1, help="LoRA rank")
     lora_alpha: int = setting(32, min=1, help="LoRA alpha")
     lora_dropout: float = setting(0.05, min=0, max=0.9, help="LoRA dropout")
+    train_encoder: bool = setting(False, help="stage 2: also fine-tune the landmark encoder's weights (an "
+                                              "ablation; its BatchNorm statistics stay as aligned)")
+    answer_labels: str = setting("plurality", choices=ANSWER_LABELS,
+                                 help="class named by each training answer: plurality = the face's label; votes = "
+                                      "drawn from its crowd votes per epoch (soft targets; FER+ data only)")
 
     def check(self) -> None:
         if self.lora and self.stage != 2:
             raise self.error("lora", "LoRA applies to stage 2 only (stage 1 trains the projector)")
+        if self.train_encoder and self.stage != 2:
+            raise self.error("train_encoder", "applies to stage 2 only (stage 1 trains the projector)")
         if self.batch_size % self.grad_accum:
             raise self.error("batch_size", f"{self.batch_size} is not divisible by grad_accum {self.grad_accum}")
 

@@ -145,16 +145,30 @@ def load_stage_data(model: Any, landmark_set: Any, config: TrainConfig) -> tuple
     valid_idx = (landmark_set.select("valid", config.limit_valid, config.limit_policy, config.seed)
                  if (valid_labels >= 0).any() else np.zeros(0, dtype=np.int64))
 
-    def instructions(indices: np.ndarray) -> Any:
+    votes = answer_votes(landmark_set, config)
+
+    def instructions(indices: np.ndarray, training: bool) -> Any:
         base = LandmarkDataset(landmark_set, indices, model.encoder.normalizer)
-        return InstructionDataset(base, model.formatter, seed=config.seed)
+        return InstructionDataset(base, model.formatter, seed=config.seed, votes=votes if training else None)
 
     described = {
         "data": str(data_path.resolve()), "split_seed": SPLIT_SEED,
         "train_class_counts": np.bincount(landmark_set.labels[train_idx], minlength=8).tolist(),
         "valid_class_counts": np.bincount(landmark_set.labels[valid_idx], minlength=8).tolist(),
     }
-    return instructions(train_idx), (instructions(valid_idx) if len(valid_idx) else None), described
+    return (instructions(train_idx, True), (instructions(valid_idx, False) if len(valid_idx) else None),
+            described)
+
+
+def answer_votes(landmark_set: Any, config: TrainConfig) -> np.ndarray | None:
+    """The crowd votes the training answers are drawn from (``answer_labels="votes"``), else None;
+    a ``FacePhiError`` when the landmark set has none."""
+    if config.answer_labels != "votes":
+        return None
+    if landmark_set.votes is None:
+        raise FacePhiError(f"--answer-labels votes: {landmark_set.root} has no crowd votes (FER+ data has them: "
+                           "votes_* columns in samples.csv)")
+    return landmark_set.votes
 
 
 def run_stage(config: TrainConfig, data: str | Path, out: str | Path, *, encoder: str | Path | None = None,
@@ -168,6 +182,7 @@ def run_stage(config: TrainConfig, data: str | Path, out: str | Path, *, encoder
     check_stage_inputs(config, out, encoder=encoder, init=init, llm=llm, gguf_file=gguf_file, max_length=max_length,
                        resume=resume)
     landmark_set = LandmarkSet.load(_existing(data, "--data"))  # before the LLM: a bad dataset fails fast
+    answer_votes(landmark_set, config)
     if config.threads:
         torch.set_num_threads(config.threads)
     seed_everything(config.seed)  # the new projector's initialisation

@@ -206,11 +206,10 @@ class _StageRun:
         _check_run_dir(run_dir, resolved, resume)
 
         seed_everything(config.seed)
-        if config.lora:
-            model.set_trainable(config.stage, lora=True, lora_config={
-                "r": config.lora_r, "lora_alpha": config.lora_alpha, "lora_dropout": config.lora_dropout})
-        else:
-            model.set_trainable(config.stage)
+        lora_config = ({"r": config.lora_r, "lora_alpha": config.lora_alpha, "lora_dropout": config.lora_dropout}
+                       if config.lora else None)
+        model.set_trainable(config.stage, lora=config.lora, lora_config=lora_config,
+                            train_encoder=config.train_encoder)
         self.params = [p for p in model.parameters() if p.requires_grad]
         if not self.params:
             raise FacePhiError(f"stage {config.stage}: the model has no trainable parameters")

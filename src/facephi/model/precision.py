@@ -1,0 +1,54 @@
+"""Inference precision: the number type the LLM and the projector compute in when a model answers.
+
+``float32`` is what training and ``facephi eval`` use (the reported figures). ``bfloat16`` halves the
+weights read per token and, on CPUs with native bfloat16 arithmetic (x86 ``avx512_bf16`` / AMX)
+or a GPU that has it, runs the LLM about twice as fast on this project's 2-core machine
+(``benchmarks/results/predict_latency.md``, which also measures how often the answers differ).
+``auto`` picks ``bfloat16`` where the hardware has it and ``float32`` elsewhere. The landmark
+encoder always stays in float32 (it is small, and BatchNorm statistics are kept exact).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from facephi.utils.errors import FacePhiError
+
+PRECISIONS = ("auto", "float32", "bfloat16")
+"""Choices of ``--precision`` (``facephi predict``, ``facephi serve``, ``facephi eval``)."""
+
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+"""``/proc/cpuinfo`` flags of x86 CPUs with native bfloat16 arithmetic."""
+
+
+@lru_cache(maxsize=1)
+def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU reports native bfloat16 arithmetic (Linux ``/proc/cpuinfo`` flags; False
+    where that file is missing, e.g. macOS or Windows)."""
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        return False
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+    return any(flag in flags for flag in CPU_BF16_FLAGS)
+
+
+def resolve_precision(name: str, device: Any) -> str:
+    """``name`` (one of :data:`PRECISIONS`) for ``device`` → ``"float32"`` or ``"bfloat16"``."""
+    import torch
+
+    if name not in PRECISIONS:
+        raise FacePhiError(f"precision must be one of {', '.join(PRECISIONS)}, got {name!r}")
+    device = torch.device(device)
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    if device.type == "cpu":
+        return "bfloat16" if cpu_has_bf16() else "float32"
+    return "float32"

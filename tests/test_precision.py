@@ -1,0 +1,71 @@
+"""Inference precision (facephi.model.precision, FacePhiModel.set_precision, FacePhi(precision=...))."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from facephi.model.precision import PRECISIONS, cpu_has_bf16, resolve_precision
+from facephi.utils.errors import FacePhiError
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
+    with_bf16 = tmp_path / "bf16"
+    with_bf16.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16\n\n"
+                         "processor\t: 1\nflags\t\t: fpu sse avx2 avx512f avx512_bf16\n")
+    without = tmp_path / "plain"
+    without.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_vnni\n")
+    amx = tmp_path / "amx"
+    amx.write_text("flags : fpu amx_tile amx_bf16\n")
+    assert cpu_has_bf16(str(with_bf16)) and cpu_has_bf16(str(amx))
+    assert not cpu_has_bf16(str(without)) and not cpu_has_bf16(str(tmp_path / "missing"))
+
+
+def test_resolve_precision(monkeypatch):
+    import facephi.model.precision as precision
+
+    assert resolve_precision("float32", "cpu") == "float32" and resolve_precision("bfloat16", "cpu") == "bfloat16"
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
+    assert resolve_precision("auto", "cpu") == "bfloat16"
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
+    assert resolve_precision("auto", torch.device("cpu")) == "float32"
+    with pytest.raises(FacePhiError, match="precision must be one of auto, float32, bfloat16, got 'fp8'"):
+        resolve_precision("fp8", "cpu")
+    assert PRECISIONS[0] == "auto"
+
+
+def test_bfloat16_model_scores_close_to_float32(tmp_path):
+    from test_evaluate import tiny_facephi
+
+    model = tiny_facephi(tmp_path / "m", save=False).eval()
+    points = torch.rand(3, 478, 3) * 2 - 1
+    instructions = ["What emotion is shown?"] * 3
+    reference = model.class_probabilities(points, instructions)
+    assert model.set_precision("bfloat16") == "bfloat16"
+    assert model.llm.dtype == torch.bfloat16 and model.projector.net[0].weight.dtype == torch.bfloat16
+    assert next(model.encoder.parameters()).dtype == torch.float32
+    lowered = model.class_probabilities(points, instructions)
+    assert lowered.dtype == torch.float32 and torch.allclose(lowered.sum(-1), torch.ones(3))
+    assert (lowered - reference).abs().max() < 0.05
+    assert len(model.answer(points, instructions, max_new_tokens=3)) == 3
+    assert model.set_precision("float32") == "float32" and model.llm.dtype == torch.float32
+
+
+def test_api_refuses_an_unknown_precision_before_loading(tmp_path):
+    from facephi import FacePhi
+
+    with pytest.raises(FacePhiError, match="precision must be one of"):
+        FacePhi.from_pretrained(tmp_path / "absent", precision="half")
+
+
+def test_api_reports_its_precision(tmp_path):
+    from facephi import FacePhi
+    from test_evaluate import tiny_facephi
+
+    path = tiny_facephi(tmp_path / "m")
+    with FacePhi.from_pretrained(path, precision="bfloat16") as model:
+        assert model.precision == "bfloat16"
+        row = model.predict(torch.rand(478, 3).numpy() * 100)
+        assert abs(sum(row["scores"].values()) - 1) < 1e-3
+    with FacePhi.from_pretrained(path, precision="float32") as model:
+        assert model.precision == "float32"
