@@ -108,8 +108,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls of each stage first")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="answer length limit (stages c, d)")
     parser.add_argument("--device", default="cpu", help="torch device of the model (default cpu)")
-    parser.add_argument("--precision", default="auto", choices=PRECISIONS,
-                        help="what the LLM computes in (FacePhi.from_pretrained's precision; default auto)")
+    parser.add_argument("--precision", default="float32", choices=PRECISIONS,
+                        help="what the LLM computes in (FacePhi.from_pretrained's precision; default float32)")
     parser.add_argument("--check-answers", type=int, default=50,
                         help="below float32: inputs whose answers are also generated in float32 and compared")
     parser.add_argument("--out", type=Path, default=None, help="write the markdown report here")
@@ -291,7 +291,9 @@ def compare_with_float32(args: argparse.Namespace, path: Path, inputs: list[Inpu
     model, encoder, instruction = api.predictor.model, api.predictor.encoder, api.predictor.instruction
     device = next(iter(model.parameters())).device
     usable = [item for item in inputs if item.probs is not None]
-    gaps, same_class, same_answer, checked = [], 0, 0, 0
+    from facephi.scoring.keywords import match_answer
+
+    gaps, same_class, same_answer, same_answer_class, checked = [], 0, 0, 0, 0
     with torch.inference_mode():
         for i, item in enumerate(usable):
             points = encoder.normalize(item.raw[None], np.asarray([item.size], dtype=np.float32)).to(device)
@@ -302,11 +304,13 @@ def compare_with_float32(args: argparse.Namespace, path: Path, inputs: list[Inpu
             same_class += int(probs.argmax() == item.probs.argmax())
             if i < args.check_answers and item.answer is not None:
                 checked += 1
-                same_answer += int(model.answer(points, [instruction], args.max_new_tokens)[0] == item.answer)
+                answer = model.answer(points, [instruction], args.max_new_tokens)[0]
+                same_answer += int(answer == item.answer)
+                same_answer_class += int(match_answer(answer).predicted == match_answer(item.answer).predicted)
     api.close()
     return {"n": len(usable), "same_class": same_class, "max_gap": max(gaps, default=float("nan")),
             "median_gap": float(np.median(gaps)) if gaps else float("nan"), "checked": checked,
-            "same_answer": same_answer}
+            "same_answer": same_answer, "same_answer_class": same_answer_class}
 
 
 def machine(threads_asked: int, device: str) -> dict[str, Any]:
@@ -371,7 +375,8 @@ def report(args: argparse.Namespace, model: Path, info: dict[str, Any], stages: 
         lines.append(f"{precision} against float32 on the same {f['n']} inputs: the most probable class agrees on "
                      f"{f['same_class']} ({100 * f['same_class'] / max(f['n'], 1):.1f} %); the largest difference "
                      f"of one class probability is {f['max_gap']:.4f} (median over inputs {f['median_gap']:.4f}); "
-                     f"the answer in words is identical for {f['same_answer']} of {f['checked']} inputs.")
+                     f"the answer in words is identical for {f['same_answer']} of {f['checked']} inputs and names "
+                     f"the same class for {f['same_answer_class']}.")
     lines += ["", "Stages: (a) image file → 478 landmarks (decode + MediaPipe FaceMesh, largest face); "
               "(b) landmarks → class probabilities (normalise + `class_probabilities`, likelihood of the 8 "
               "class answers); (c) landmarks → answer (normalise + `answer`); (d) image → answer + class "

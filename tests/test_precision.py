@@ -67,5 +67,13 @@ def test_api_reports_its_precision(tmp_path):
         assert model.precision == "bfloat16"
         row = model.predict(torch.rand(478, 3).numpy() * 100)
         assert abs(sum(row["scores"].values()) - 1) < 1e-3
-    with FacePhi.from_pretrained(path, precision="float32") as model:
+    with FacePhi.from_pretrained(path) as model:  # float32 unless asked: the same numbers on every machine
         assert model.precision == "float32"
+
+
+def test_cli_refuses_an_unknown_precision(tmp_path, capsys):
+    from facephi.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:  # argparse
+        main(["predict", "--precision", "half", str(tmp_path / "x.npy")])
+    assert exit_info.value.code == 2 and "--precision: invalid choice: 'half'" in capsys.readouterr().err

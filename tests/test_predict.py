@@ -190,7 +190,7 @@ def test_cli_with_a_facephi_checkpoint(tmp_path, capsys):
     raw = np.stack([raw_face(0), raw_face(1)])
     np.save(tmp_path / "faces.npy", raw)
     code = main(["predict", "--model", str(checkpoint), "--json", "--max-new-tokens", "3", "--device", "cpu",
-                 "--instruction", "Which emotion is this?", str(tmp_path / "faces.npy")])
+                 "--precision", "float32", "--instruction", "Which emotion is this?", str(tmp_path / "faces.npy")])
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert code == 0 and len(rows) == 2
     # the saved-and-reloaded model answers exactly as the in-memory one (square images by default)
@@ -205,3 +205,9 @@ def test_cli_with_a_facephi_checkpoint(tmp_path, capsys):
     for row, expected in zip(rows, probabilities):
         assert list(row["scores"]) == list(CLASSES) and row["scores_from"] == "likelihood"
         assert np.allclose([row["scores"][name] for name in CLASSES], expected, atol=1e-4)
+    # in bfloat16 (the default where the CPU has it) the probabilities stay close
+    assert main(["predict", "--model", str(checkpoint), "--json", "--max-new-tokens", "3", "--device", "cpu",
+                 "--precision", "bfloat16", "--instruction", "Which emotion is this?", str(tmp_path / "faces.npy")]) == 0
+    lowered = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    for row, expected in zip(lowered, probabilities):
+        assert np.allclose([row["scores"][name] for name in CLASSES], expected, atol=0.05)

@@ -64,7 +64,7 @@ def test_predict_latency_smoke(tmp_path, capsys):
     assert 0 < p50 <= p95 and mean > 0 and abs(p50 - values["p50_ms"]) < 0.1
     assert "raw FER+ images" in text and "missing" in text and str(model) in text
     assert "torch threads 1" in text and "LLM precision: bfloat16" in text
-    assert re.search(r"bfloat16 against float32 on the same 7 inputs: .* identical for \d of 3 inputs", text)
+    assert re.search(r"bfloat16 against float32 on the same 7 inputs: .* identical for \d of 3 inputs and names the same class for \d\.", text)
 
 
 def test_predict_latency_missing_model(tmp_path, capsys):

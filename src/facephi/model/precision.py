@@ -1,11 +1,11 @@
 """Inference precision: the number type the LLM and the projector compute in when a model answers.
 
-``float32`` is what training and ``facephi eval`` use (the reported figures). ``bfloat16`` halves the
-weights read per token and, on CPUs with native bfloat16 arithmetic (x86 ``avx512_bf16`` / AMX)
-or a GPU that has it, runs the LLM about twice as fast on this project's 2-core machine
-(``benchmarks/results/predict_latency.md``, which also measures how often the answers differ).
-``auto`` picks ``bfloat16`` where the hardware has it and ``float32`` elsewhere. The landmark
-encoder always stays in float32 (it is small, and BatchNorm statistics are kept exact).
+``float32`` (the default everywhere) is what training and ``facephi eval`` use: the reported
+figures, the same numbers on every machine. ``bfloat16`` halves the weights read per token and, on
+CPUs with native bfloat16 arithmetic (x86 ``avx512_bf16`` / AMX) or a GPU that has it, scores
+faster (``benchmarks/results/predict_latency.md`` measures by how much, and how often the answers
+then differ from float32's). ``auto`` picks ``bfloat16`` where the hardware has it and ``float32``
+elsewhere. The landmark encoder always stays in float32 (it is small; BatchNorm stays exact).
 """
 
 from __future__ import annotations

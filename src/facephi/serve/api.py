@@ -189,15 +189,16 @@ class FacePhi:
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, device: Any = "auto", threads: int | None = None,
                         instruction: str | None = None, max_new_tokens: int = 32, batch_size: int = 16,
-                        precision: str = "auto", *, flag: str | None = None) -> "FacePhi":
+                        precision: str = "float32", *, flag: str | None = None) -> "FacePhi":
         """Load a FacePhi model or landmark encoder folder (default: ``$FACEPHI_MODEL``, else the
         shipped ``models/facephi-smollm2-ferplus``) onto ``device`` ("auto": CUDA when available).
 
         ``threads``: torch CPU threads; ``instruction``: the question asked (default: the paper's
         first); ``max_new_tokens``: answer length limit; ``batch_size``: faces per model call;
-        ``precision``: what the LLM computes in (``auto``: bfloat16 where the CPU or GPU has native
-        bfloat16 arithmetic, else float32; see :mod:`facephi.model.precision`); ``flag``: the
-        command-line option that named ``path``, for error messages.
+        ``precision``: what the LLM computes in (``float32``, the reported figures; ``bfloat16``;
+        ``auto``: bfloat16 where the CPU or GPU has native bfloat16 arithmetic, else float32; see
+        :mod:`facephi.model.precision`); ``flag``: the command-line option that named ``path``, for
+        error messages.
         """
         import torch
 

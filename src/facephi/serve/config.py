@@ -33,9 +33,10 @@ class PredictConfig(Config):
                                                "here, as <video name>.png (default: no plot)")
     threads: int | None = setting(None, min=1, help="torch CPU threads (default: torch's)")
     device: str = setting("auto", help="cpu, cuda, ... (auto: cuda when available)")
-    precision: str = setting("auto", choices=PRECISIONS,
-                             help="what the LLM computes in: auto = bfloat16 where the CPU or GPU has native "
-                                  "bfloat16 arithmetic (about 2x faster on such CPUs), else float32")
+    precision: str = setting("float32", choices=PRECISIONS,
+                             help="what the LLM computes in: float32 (the reported figures); bfloat16 (faster "
+                                  "scoring on CPUs with native bfloat16, slightly different numbers); auto = "
+                                  "bfloat16 where the CPU or GPU has native bfloat16 arithmetic, else float32")
 
 
 @dataclass
@@ -53,9 +54,10 @@ class ServeConfig(Config):
                                                              "included, in seconds (then 504)")
     threads: int | None = setting(None, min=1, help="torch CPU threads (default: torch's)")
     device: str = setting("auto", help="cpu, cuda, ... (auto: cuda when available)")
-    precision: str = setting("auto", choices=PRECISIONS,
-                             help="what the LLM computes in: auto = bfloat16 where the CPU or GPU has native "
-                                  "bfloat16 arithmetic (about 2x faster on such CPUs), else float32")
+    precision: str = setting("float32", choices=PRECISIONS,
+                             help="what the LLM computes in: float32 (the reported figures); bfloat16 (faster "
+                                  "scoring on CPUs with native bfloat16, slightly different numbers); auto = "
+                                  "bfloat16 where the CPU or GPU has native bfloat16 arithmetic, else float32")
     max_new_tokens: int = setting(32, min=1, max=MAX_NEW_TOKENS, help="answer length limit in tokens")
 
     @property
