@@ -63,6 +63,8 @@ def test_table_rows_intervals_choice_and_missing_rows(tmp_path, capsys):
     assert low < 100 * (weak == truth).mean() < high
     assert weak_cells[5] != "–" and [c.strip() for c in rows["good"].strip("|").split("|")][5] == "–"
     assert "not run: no finished valid / test evaluation" in rows["later"]
+    corrected = [c.strip() for c in rows["weak, prior-corrected scoring"].strip("|").split("|")]
+    assert corrected[-1] == "same model" and corrected[5] == "–" and "[" in corrected[3]
     assert "not run: needs a GPU" in rows["gpu"]
     assert "`facephi train B`" in text and "at once): met." in text  # 80 % accuracy and macro recall
 
