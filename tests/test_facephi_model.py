@@ -46,7 +46,7 @@ def test_landmark_vector_sits_exactly_at_the_placeholder(architecture):
     for row in range(3):
         at = (batch["input_ids"][row] == model.landmark_id).nonzero().item()
         offsets.add(at - (batch["input_ids"].shape[1] - int(lengths[row])))  # from the first real token
-        assert torch.equal(embeds[row, at], projected[row])
+        assert torch.equal(embeds[row, at], projected[row, 0])
         others = [p for p in range(embeds.shape[1]) if p != at]
         assert torch.equal(embeds[row, others], table[batch["input_ids"][row, others]])
     assert len(offsets) == 1 and offsets.pop() > 1  # same place in every row, after [BOS] + system prompt

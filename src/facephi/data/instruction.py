@@ -68,7 +68,7 @@ def sample_conversation(label: int | str, rng: np.random.Generator) -> tuple[str
 class PromptFormatter:
     """Tokenizer-agnostic encoder of the appendix-A layout (the tokenizer must be prepared)."""
 
-    def __init__(self, tokenizer: Any, max_length: int = 128) -> None:
+    def __init__(self, tokenizer: Any, max_length: int = 128, landmark_tokens: int = 1) -> None:
         vocab = tokenizer.get_vocab()
         if LANDMARK_TOKEN not in vocab or tokenizer.pad_token is None:
             raise FacePhiError("PromptFormatter: call prepare_tokenizer(tokenizer) first "
@@ -77,6 +77,9 @@ class PromptFormatter:
             raise FacePhiError(f"PromptFormatter: tokenizer {type(tokenizer).__name__} has no EOS token")
         self.tokenizer = tokenizer
         self.max_length = int(max_length)
+        self.landmark_tokens = int(landmark_tokens)  # <landmark> placeholders per prompt (the paper: 1)
+        if self.landmark_tokens < 1:
+            raise FacePhiError(f"PromptFormatter: landmark_tokens must be >= 1, got {landmark_tokens}")
         self.landmark_id: int = vocab[LANDMARK_TOKEN]
         self.pad_id: int = tokenizer.pad_token_id
         self.eos_id: int = tokenizer.eos_token_id
@@ -104,7 +107,7 @@ class PromptFormatter:
 
     def _prompt_parts(self, instruction: str) -> tuple[list[int], list[int]]:
         """(droppable head, kept tail) of the prompt: the head is the system prompt + "Users:"."""
-        tail = [self.landmark_id] + self._ids(instruction) + self._assistant_ids
+        tail = [self.landmark_id] * self.landmark_tokens + self._ids(instruction) + self._assistant_ids
         return list(self._system_ids), tail
 
     def encode_prompt(self, instruction: str) -> list[int]:

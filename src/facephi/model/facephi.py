@@ -164,7 +164,7 @@ class FacePhiModel(nn.Module):
         self.encoder = encoder.requires_grad_(False).eval()
         self.projector = Projector(config.projector)
         self.llm = llm
-        self.formatter = PromptFormatter(tokenizer, config.max_length)
+        self.formatter = PromptFormatter(tokenizer, config.max_length, config.projector.tokens)
         self._answer_ids_cache: dict[str, list[int]] = {}
         self._prefix_state: tuple[Any, list[tuple[torch.Tensor, torch.Tensor]]] | None = None
 
@@ -256,18 +256,20 @@ class FacePhiModel(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def embed(self, input_ids: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-        """Token embeddings with the projected landmark feature at each ``<landmark>`` position."""
+        """Token embeddings with the projected landmark feature(s) at the ``<landmark>`` positions (the
+        K = ``config.projector.tokens`` embeddings of a face in order)."""
         is_landmark = input_ids == self.landmark_id
         counts = is_landmark.sum(dim=1)
-        if not bool((counts == 1).all()):
-            raise FacePhiError(f"each sequence needs exactly one {self.config.landmark_token} token; "
+        k = self.config.projector.tokens
+        if not bool((counts == k).all()):
+            raise FacePhiError(f"each sequence needs exactly {k} {self.config.landmark_token} token(s); "
                                f"got counts {counts.tolist()}")
         if points.shape[0] != input_ids.shape[0]:
             raise FacePhiError(f"batch size mismatch: {points.shape[0]} landmark sets for {input_ids.shape[0]} sequences")
         embeddings = self.llm.get_input_embeddings()(input_ids)
         features = self.encoder(points)
         projected = self.projector(features.to(self.projector.net[0].weight.dtype)).to(embeddings.dtype)
-        return torch.where(is_landmark.unsqueeze(-1), projected.unsqueeze(1), embeddings)
+        return embeddings.masked_scatter(is_landmark.unsqueeze(-1), projected)  # row-major: face b's K in order
 
     @staticmethod
     def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:

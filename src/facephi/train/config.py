@@ -146,6 +146,9 @@ class TrainConfig(Config):
     lora_r: int = setting(16, min=1, help="LoRA rank")
     lora_alpha: int = setting(32, min=1, help="LoRA alpha")
     lora_dropout: float = setting(0.05, min=0, max=0.9, help="LoRA dropout")
+    landmark_tokens: int = setting(1, min=1, max=64,
+                                   help="stage 1: landmark token embeddings per face from the new projector "
+                                        "(the paper: 1; stage 2 keeps its --init model's)")
     train_encoder: bool = setting(False, help="stage 2: also fine-tune the landmark encoder's weights (an "
                                               "ablation; its BatchNorm statistics stay as aligned)")
     answer_labels: str = setting("plurality", choices=ANSWER_LABELS,
@@ -155,6 +158,8 @@ class TrainConfig(Config):
     def check(self) -> None:
         if self.lora and self.stage != 2:
             raise self.error("lora", "LoRA applies to stage 2 only (stage 1 trains the projector)")
+        if self.landmark_tokens != 1 and self.stage != 1:
+            raise self.error("landmark_tokens", "is set in stage 1 (stage 2 keeps its --init model's)")
         if self.train_encoder and self.stage != 2:
             raise self.error("train_encoder", "applies to stage 2 only (stage 1 trains the projector)")
         if self.batch_size % self.grad_accum:

@@ -54,10 +54,10 @@ def check_stage_inputs(config: TrainConfig, out: str | Path, *, encoder: str | P
     if not resume and run_started(Path(out)):
         raise FacePhiError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
     check_writable_dir(out, "--out")
-    _check_max_length(_stage_formatter(config.stage, init, llm, gguf_file, max_length))
+    _check_max_length(_stage_formatter(config, init, llm, gguf_file, max_length))
 
 
-def _stage_formatter(stage: int, init: str | Path | None, llm: str | None, gguf_file: str | None,
+def _stage_formatter(config: TrainConfig, init: str | Path | None, llm: str | None, gguf_file: str | None,
                      max_length: int | None) -> Any:
     """The prompt formatter the stage's model will have, from its tokenizer alone (no LLM weights)."""
     from facephi.data.instruction import PromptFormatter, prepare_tokenizer
@@ -65,16 +65,19 @@ def _stage_formatter(stage: int, init: str | Path | None, llm: str | None, gguf_
     from facephi.model.llm import load_tokenizer
     from facephi.utils.io import read_json
 
-    if stage == 1:
+    if config.stage == 1:
         tokenizer = load_tokenizer(llm or DEFAULT_LLM, gguf_file)
         length = max_length or FacePhiConfig.__dataclass_fields__["max_length"].default
+        tokens = config.landmark_tokens
     else:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(Path(init) / "tokenizer", local_files_only=True)
-        length = max_length or read_json(Path(init) / "config.json")["max_length"]
+        saved = read_json(Path(init) / "config.json")
+        length = max_length or saved["max_length"]
+        tokens = saved.get("projector", {}).get("tokens", 1)
     prepare_tokenizer(tokenizer)
-    return PromptFormatter(tokenizer, length)
+    return PromptFormatter(tokenizer, length, tokens)
 
 
 def load_stage_model(config: TrainConfig, encoder: str | Path | None = None, init: str | Path | None = None,
@@ -97,7 +100,8 @@ def load_stage_model(config: TrainConfig, encoder: str | Path | None = None, ini
         if llm is not None and Path(llm).expanduser().exists():  # a local LLM: record where it is
             llm = str(Path(llm).expanduser().resolve())
         facephi_config = FacePhiConfig(llm=llm or DEFAULT_LLM, gguf_file=gguf_file,
-                                       projector=ProjectorConfig(input_dim=landmark_encoder.feature_dim),
+                                       projector=ProjectorConfig(input_dim=landmark_encoder.feature_dim,
+                                                                 tokens=config.landmark_tokens),
                                        **({"max_length": max_length} if max_length else {}))
         model = FacePhiModel.from_encoder(landmark_encoder, facephi_config)
         sources = {"encoder": str(encoder_path.resolve()), "llm": facephi_config.llm, "gguf_file": gguf_file}
@@ -110,7 +114,7 @@ def load_stage_model(config: TrainConfig, encoder: str | Path | None = None, ini
             from facephi.data.instruction import PromptFormatter
 
             model.config.max_length = max_length
-            model.formatter = PromptFormatter(model.tokenizer, max_length)
+            model.formatter = PromptFormatter(model.tokenizer, max_length, model.config.projector.tokens)
         sources = {"init": str(init_path.resolve()), "llm": model.config.llm, "gguf_file": model.config.gguf_file}
     if getattr(model.encoder, "normalizer", None) is None:
         raise FacePhiError(f"{sources.get('encoder') or sources.get('init')}: the landmark encoder has no "
