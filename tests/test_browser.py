@@ -218,12 +218,16 @@ def test_webcam_sends_only_landmarks_about_once_a_second(page, server):
     _check_result(page, response)
     drawn = _canvas_drawn(page)
     assert drawn["drawn"] == "mesh" and drawn["points"] == 478 and drawn["green"] > 0.001
+    mark = time.monotonic()  # posts are counted from here: a slow first answer does not skew the count
     page.wait_for_timeout(2500)
     page.click("#webcam-stop")
+    stopped = time.monotonic()
     page.wait_for_timeout(1200)
     times = [t for t, _ in posted]
     assert all(r.headers.get("content-type") == "application/json" for _, r in posted)
-    assert 2 <= len(times) <= 6 and all(b - a >= 0.9 for a, b in zip(times, times[1:]))
+    # about once a second (the page waits 1 s between posts; their events reach Python with some jitter)
+    assert all(b - a >= 0.7 for a, b in zip(times, times[1:]))
+    assert 1 <= len([t for t in times if mark <= t <= stopped]) <= 4  # ~2.5 s of webcam
     assert page.is_visible("#webcam-start")
     count = len(posted)
     page.wait_for_timeout(1500)

@@ -51,7 +51,7 @@ def test_a_wrong_number_of_placeholders_is_refused():
     model = build_k()
     ids = torch.tensor([model.formatter.encode_prompt(INSTRUCTIONS[0])])
     ids[0, ids[0].tolist().index(model.landmark_id)] = model.formatter.pad_id
-    with pytest.raises(FacePhiError, match=f"exactly {K} <landmark> token"):
+    with pytest.raises(FacePhiError, match=f"exactly {K} <landmark> tokens; got counts"):
         model.embed(ids, torch.zeros(1, 478, 3))
 
 

@@ -262,8 +262,8 @@ class FacePhiModel(nn.Module):
         counts = is_landmark.sum(dim=1)
         k = self.config.projector.tokens
         if not bool((counts == k).all()):
-            raise FacePhiError(f"each sequence needs exactly {k} {self.config.landmark_token} token(s); "
-                               f"got counts {counts.tolist()}")
+            raise FacePhiError(f"each sequence needs exactly {'one' if k == 1 else k} {self.config.landmark_token} "
+                               f"token{'' if k == 1 else 's'}; got counts {counts.tolist()}")
         if points.shape[0] != input_ids.shape[0]:
             raise FacePhiError(f"batch size mismatch: {points.shape[0]} landmark sets for {input_ids.shape[0]} sequences")
         embeddings = self.llm.get_input_embeddings()(input_ids)
