@@ -69,9 +69,9 @@ PARTIAL_NAME = "predictions.partial.jsonl"
 EVAL_MODES = ("generate", "score", "both")
 SCORE_BLOCKS = ("score", "score_prior_corrected")
 EXTRA_KEYS = (*SCORE_BLOCKS, "agreement")
+"""Keys of ``metrics.json`` beside the top-level metrics (``EvalResult.extra``)."""
 BOOTSTRAP_RESAMPLES = 1000
 """Resamples of the 95 % bootstrap intervals every evaluation reports (accuracy, macro recall, macro-F1)."""
-"""Keys of ``metrics.json`` beside the top-level metrics (``EvalResult.extra``)."""
 
 
 @dataclass
