@@ -10,6 +10,7 @@ from test_facephi_model import prompt_batch
 from test_speed_levers import assert_same, batch_of
 from tiny_models import TinyEncoder, tiny_llm, tiny_tokenizer
 
+import facephi.model.class_scoring as class_scoring
 import facephi.model.facephi as facephi_module
 from facephi.data.templates import INSTRUCTIONS
 from facephi.model.facephi import FacePhiConfig, FacePhiModel
@@ -65,7 +66,7 @@ def test_fast_paths_equal_the_plain_computation_with_k_tokens(monkeypatch, archi
     model.fast_path = False
     plain = model.class_log_likelihoods(points, instructions)
     model.fast_path = True
-    monkeypatch.setattr(facephi_module, "SCORE_TOKENS", 1)
+    monkeypatch.setattr(class_scoring, "SCORE_TOKENS", 1)
     monkeypatch.setattr(model, "_score_answers", None)  # the tree pass only
     torch.testing.assert_close(model.class_log_likelihoods(points, instructions), plain, rtol=1e-5, atol=1e-5)
     assert len(model.answer(points, instructions, max_new_tokens=2)) == 3

@@ -10,6 +10,7 @@ import torch
 from test_facephi_model import build
 from train_fixtures import PointsDataset, write_encoder, write_landmark_set
 
+import facephi.model.class_scoring as class_scoring
 import facephi.model.facephi as facephi_module
 from facephi.data.instruction import IGNORE_INDEX
 from facephi.data.templates import ANSWER_TEMPLATES, INSTRUCTIONS
@@ -67,7 +68,7 @@ def test_template_groups_full_vocabulary_head_and_lora_give_the_same_scores(monk
     model = build("llama")
     points, instructions = faces(), asked()
     reference = model.class_log_likelihoods(points, instructions, "all")
-    monkeypatch.setattr(facephi_module, "SCORE_ROWS", 1)  # one template per pass: the prompt cache is copied
+    monkeypatch.setattr(class_scoring, "SCORE_ROWS", 1)  # one template per pass: the prompt cache is copied
     torch.testing.assert_close(model.class_log_likelihoods(points, instructions, "all"), reference)
     monkeypatch.undo()
     model.config.answer_only_head = False  # logits from the LLM's own forward

@@ -24,6 +24,7 @@ import torch
 from test_facephi_model import build
 from train_fixtures import make_dataset, make_model, tiny_config
 
+import facephi.model.class_scoring as class_scoring
 import facephi.model.facephi as facephi_module
 from facephi.data.templates import ANSWER_TEMPLATES, INSTRUCTIONS
 from facephi.labels import CLASSES, display_name
@@ -238,7 +239,7 @@ def test_class_scores_in_one_tree_pass_equal_the_plain_scoring(monkeypatch, arch
     model.fast_path = False
     plain = model.class_log_likelihoods(points, instructions, templates)
     model.fast_path = True
-    monkeypatch.setattr(facephi_module, "SCORE_TOKENS", 1)  # one face per pass: the grouping is covered too
+    monkeypatch.setattr(class_scoring, "SCORE_TOKENS", 1)  # one face per pass: the grouping is covered too
     monkeypatch.setattr(model, "_score_answers", None)  # the tree pass only
     torch.testing.assert_close(model.class_log_likelihoods(points, instructions, templates), plain,
                                rtol=1e-5, atol=1e-5)

@@ -69,3 +69,6 @@ CAPTION_TEMPLATES: tuple[str, ...] = (
     "A landmark model of a facial expression of {emotion}.",
 )
 """Alignment captions (lower-case ``{emotion}``); the first one is the paper's."""
+
+SCORE_TEMPLATES = ("first", "all")
+"""Which answer templates class scoring uses: the first one, or the mean likelihood over all 10."""

@@ -6,13 +6,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from facephi.config import Config, setting
+from facephi.data.templates import SCORE_TEMPLATES
 from facephi.landmarks.store import SUBSET_POLICIES
 from facephi.model.precision import PRECISIONS
 
 INSTRUCTION_POLICIES = ("random", "first")
 EVAL_MODES = ("generate", "score", "both")
-SCORE_TEMPLATES = ("first", "all")
-"""``--score-templates`` (``FacePhiModel.class_log_likelihoods``'s ``templates``)."""
 MAX_NEW_TOKENS = 512
 """Upper bound of ``max_new_tokens`` everywhere: the paper's answers are about 20 tokens."""
 

@@ -80,23 +80,38 @@ def _rates(matrices: np.ndarray) -> dict[str, np.ndarray]:
             "balanced_accuracy": recall.sum(axis=1) / count, "macro_f1": f1.sum(axis=1) / count}
 
 
+def resampled_rates(truth: np.ndarray, preds: Sequence[np.ndarray], num_classes: int, resamples: int = 1000,
+                    seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """:data:`INTERVAL_METRICS` of each prediction vector in ``preds`` (class indices, ``-1`` =
+    missed) on the same ``resamples`` bootstrap draws of the samples (with replacement, ``seed``):
+    one dict of ``[resamples]`` arrays per vector, so that paired differences keep their pairing."""
+    if resamples < 1:
+        raise ValueError(f"bootstrap: need resamples >= 1, got {resamples}")
+    cells = num_classes * (num_classes + 1)
+    codes = [truth * (num_classes + 1) + np.where(pred == MISS, num_classes, pred) for pred in preds]
+    rng = np.random.default_rng(seed)
+    matrices = np.empty((len(codes), resamples, cells), dtype=np.int64)
+    for b in range(resamples):
+        draw = rng.integers(len(truth), size=len(truth))
+        for i, code in enumerate(codes):
+            matrices[i, b] = np.bincount(code[draw], minlength=cells)
+    return [_rates(m.reshape(resamples, num_classes, num_classes + 1)) for m in matrices]
+
+
+def percentile_interval(values: np.ndarray, level: float = BOOTSTRAP_LEVEL) -> list[float]:
+    """The central ``level`` percentile interval ``[low, high]`` of bootstrap ``values``."""
+    tail = 100 * (1 - level) / 2
+    return [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))]
+
+
 def bootstrap_intervals(truth: np.ndarray, pred: np.ndarray, num_classes: int, resamples: int = 1000,
                         level: float = BOOTSTRAP_LEVEL, seed: int = 0) -> dict[str, Any]:
     """Percentile bootstrap intervals ``[low, high]`` of :data:`INTERVAL_METRICS` (class indices,
     ``-1`` = missed): ``resamples`` draws of the samples with replacement (``seed``)."""
     if resamples < 1 or not 0 < level < 1:
         raise ValueError(f"bootstrap: need resamples >= 1 and 0 < level < 1, got {resamples}, {level}")
-    columns = np.where(pred == MISS, num_classes, pred)
-    codes = truth * (num_classes + 1) + columns
-    cells = num_classes * (num_classes + 1)
-    rng = np.random.default_rng(seed)
-    matrices = np.empty((resamples, cells), dtype=np.int64)
-    for b in range(resamples):
-        matrices[b] = np.bincount(codes[rng.integers(len(codes), size=len(codes))], minlength=cells)
-    rates = _rates(matrices.reshape(resamples, num_classes, num_classes + 1))
-    tail = 100 * (1 - level) / 2
-    out: dict[str, Any] = {name: [float(np.percentile(rates[name], tail)), float(np.percentile(rates[name], 100 - tail))]
-                           for name in INTERVAL_METRICS}
+    (rates,) = resampled_rates(truth, [pred], num_classes, resamples, seed)
+    out: dict[str, Any] = {name: percentile_interval(rates[name], level) for name in INTERVAL_METRICS}
     return {**out, "level": level, "resamples": resamples, "seed": seed}
 
 
