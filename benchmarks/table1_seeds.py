@@ -15,7 +15,8 @@ The table: per run, accuracy and macro recall with 95 % bootstrap intervals over
 per row, the mean over seeds with a 95 % t-interval over seeds (training variation); the paired
 difference (c) − (b) per seed and averaged over seeds, with a paired bootstrap interval (the same
 resampled faces for every run) and the t-interval over seeds. The verdict says "aligned helps"
-only where both intervals of the seed-averaged difference lie above zero.
+only where both intervals of the seed-averaged difference lie above zero (with one seed: the
+bootstrap interval alone).
 Printed at the end: ``diff_accuracy=``, ``diff_macro_recall=`` (seed-averaged (c) − (b)).
 """
 
@@ -90,13 +91,13 @@ def execute(runs: list[Run], args: argparse.Namespace) -> None:
             subprocess.run(command, check=True)
 
 
-def t_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
-    """Student-t interval of the mean of ``values`` (seeds); (mean, mean) for a single value."""
+def t_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float] | None:
+    """Student-t interval of the mean of ``values`` (seeds); None for a single value."""
     from scipy import stats
 
-    mean = float(np.mean(values))
     if len(values) < 2:
-        return mean, mean
+        return None
+    mean = float(np.mean(values))
     half = float(stats.t.ppf(0.5 + level / 2, len(values) - 1) * np.std(values, ddof=1) / np.sqrt(len(values)))
     return mean - half, mean + half
 
@@ -118,8 +119,8 @@ def pct(value: float) -> str:
     return f"{100 * value:.1f}"
 
 
-def interval(pair: tuple[float, float] | list[float]) -> str:
-    return f"[{pct(pair[0])}, {pct(pair[1])}]"
+def interval(pair: tuple[float, float] | list[float] | None) -> str:
+    return "[–]" if pair is None else f"[{pct(pair[0])}, {pct(pair[1])}]"
 
 
 def build(runs: list[Run], args: argparse.Namespace) -> tuple[str, dict[str, float]]:
@@ -192,17 +193,18 @@ def build(runs: list[Run], args: argparse.Namespace) -> tuple[str, dict[str, flo
                          f"{interval(t_low_high)} {interval(b_low_high)}")
             if keep is None:
                 summary[key] = float(per_seed.mean())
-                low = max(t_low_high[0], b_low_high[0]) if len(seeds) > 1 else b_low_high[0]
-                high = min(t_low_high[1], b_low_high[1]) if len(seeds) > 1 else b_low_high[1]
+                low = b_low_high[0] if t_low_high is None else max(t_low_high[0], b_low_high[0])
+                high = b_low_high[1] if t_low_high is None else min(t_low_high[1], b_low_high[1])
                 verdicts.append((METRICS[key], per_seed, low, high))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines.append("")
     for name, per_seed, low, high in verdicts:
         signs = ", ".join(f"{'+' if d >= 0 else ''}{pct(d)}" for d in per_seed)
+        both = "both intervals" if len(seeds) > 1 else "the bootstrap interval (one seed: no t-interval)"
         if low > 0:
-            word = "the aligned encoder helps (both intervals above 0)"
+            word = f"the aligned encoder helps ({both} above 0)"
         elif high < 0:
-            word = "the classification encoder is better (both intervals below 0)"
+            word = f"the classification encoder is better ({both} below 0)"
         else:
             word = "no difference that the seeds and faces can resolve (an interval contains 0)"
         lines.append(f"- **{name}**: (c) − (b) per seed {signs} points: {word}.")

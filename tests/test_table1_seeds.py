@@ -89,3 +89,13 @@ def test_paired_resampling_keeps_the_pairing():
     assert low <= (pred == truth).mean() <= high
     with pytest.raises(ValueError, match="resamples"):
         resampled_rates(truth, [pred], 8, resamples=0)
+
+
+def test_one_seed_has_no_t_interval_and_says_so(tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    truth = rng.integers(0, 8, 1000)
+    write_eval(tmp_path / "runs" / "align-seed0" / "eval-test", truth, truth)
+    write_eval(tmp_path / "runs" / "classify-seed0" / "eval-test", truth, (truth + 1) % 8)
+    assert load_benchmark("table1_seeds").main([*encoders_and_data(tmp_path), "--seeds", "0", "--report-only"]) == 0
+    text = capsys.readouterr().out
+    assert "+100.0 [–] [100.0, 100.0]" in text and "one seed: no t-interval" in text
