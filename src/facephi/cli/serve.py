@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+from typing import Any
 
 from facephi.config import add_arguments, from_args
 from facephi.serve.config import ServeConfig
@@ -57,10 +58,27 @@ def run(args: argparse.Namespace) -> int:
     if not is_loopback(config.host):
         print("facephi serve: warning: listening beyond this machine, without authentication or TLS; browsers "
               "allow the webcam only on https:// or localhost pages", flush=True)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_keep_alive=5))
+    server = _server_class()(uvicorn.Config(app, log_level="warning", access_log=False, timeout_keep_alive=5))
     try:
         server.run(sockets=[sock])
     finally:
         model.close()
         sock.close()
+    if server.interrupted:  # uvicorn re-raises the signal after its graceful shutdown; where that is lost
+        raise KeyboardInterrupt  # (it returned normally), Ctrl+C still ends as every command's: exit 130
     return 0
+
+
+def _server_class() -> type:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server that remembers whether a signal (Ctrl+C, SIGTERM) stopped it."""
+
+        interrupted = False
+
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            self.interrupted = True
+            super().handle_exit(sig, frame)
+
+    return Server
