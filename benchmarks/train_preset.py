@@ -6,7 +6,9 @@
 Stage 1 (projector) and stage 2 (LLM) run exactly as `facephi train --preset PRESET` would, with
 the embedded LLM unless `--llm` is given; each stage's wall time covers everything the command
 does (loading the LLM and the data, training, the valid loss, checkpoints). The final model is
-then scored on a seeded subset of Test (`--eval-limit`, keyword matching as `facephi eval`).
+then scored on a seeded subset of Test (`--eval-limit`, keyword matching as `facephi eval`; with
+`--eval-mode both` also by class scoring). On a GPU (`--preset paper` picks bf16 mixed precision
+there) training and evaluation run on it; the report names the device.
 A finished stage is not re-run (its recorded timing is reused), so the script continues an
 interrupted measurement; the timing of a resumed stage is marked as such.
 """
@@ -33,8 +35,9 @@ def timed_stages(args) -> list[dict]:
     from facephi.utils.io import read_json, write_json
 
     def configs(stage: int):
-        limit = {} if args.limit_train is None else {"limit_train": args.limit_train}
-        return TrainConfig.for_preset(args.preset, stage, threads=args.threads, seed=args.seed, **limit)
+        overrides = {"limit_train": args.limit_train, "grad_accum": args.grad_accum, "epochs": args.epochs}
+        changes = {key: value for key, value in overrides.items() if value is not None}
+        return TrainConfig.for_preset(args.preset, stage, threads=args.threads, seed=args.seed, **changes)
 
     def record_timing(run: StageRun) -> None:
         timing_path = Path(args.run) / f"stage{run.stage}_timing.json"
@@ -63,7 +66,13 @@ def main() -> int:
     parser.add_argument("--preset", default="cpu", choices=("cpu", "paper"))
     parser.add_argument("--llm", default=None, help="LLM name or path (default: embedded SmolLM2)")
     parser.add_argument("--limit-train", type=int, default=None, help="override the preset's subset size")
+    parser.add_argument("--epochs", type=int, default=None, help="override the preset's epochs (both stages)")
+    parser.add_argument("--grad-accum", type=int, default=None,
+                        help="override the preset's micro-batches per step (1 for small LLMs on a GPU)")
     parser.add_argument("--eval-limit", type=int, default=1000, help="Test faces to score (0: all)")
+    parser.add_argument("--eval-mode", default="generate", choices=("generate", "score", "both"))
+    parser.add_argument("--eval-batch-size", type=int, default=16)
+    parser.add_argument("--device", default="auto", help="evaluation device (auto: cuda when available)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
@@ -71,32 +80,35 @@ def main() -> int:
 
     import torch
 
+    from facephi.cli.eval import resolve_device
     from facephi.eval.evaluate import EvalResult, evaluate_model
     from facephi.landmarks.store import LandmarkSet
     from facephi.model.facephi import FacePhiModel
     from facephi.train.stages import FINAL_DIR
     from facephi.utils.io import write_text
 
+    device = resolve_device(args.device)  # a wrong --device fails before any training
     torch.set_num_threads(args.threads)
     stage1, stage2 = timed_stages(args)
 
     eval_dir = Path(args.run) / "eval"
     result = EvalResult.load_if_finished(eval_dir)
     if result is None:
-        model = FacePhiModel.from_pretrained(Path(args.run) / "stage2" / FINAL_DIR)
-        result = evaluate_model(model, LandmarkSet.load(args.data), split="test",
-                                limit=args.eval_limit or None, seed=args.seed,
+        model = FacePhiModel.from_pretrained(Path(args.run) / "stage2" / FINAL_DIR).to(device)
+        result = evaluate_model(model, LandmarkSet.load(args.data), split="test", batch_size=args.eval_batch_size,
+                                limit=args.eval_limit or None, seed=args.seed, mode=args.eval_mode,
                                 out_dir=eval_dir, progress=not args.no_progress)
     metrics = result.metrics.to_dict()
 
     total = stage1["command_seconds"] + stage2["command_seconds"]
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
     lines = [
         f"# `facephi train --preset {args.preset}`: stage 1 + stage 2, timed end to end",
         "",
         f"Command: `python benchmarks/train_preset.py {' '.join(sys.argv[1:])}`",
         "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch threads = {args.threads}; "
-        f"torch {torch.__version__}. LLM: {args.llm or 'embedded SmolLM2-135M-Instruct'}; "
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch threads = {args.threads}"
+        f"{gpu}; torch {torch.__version__}. LLM: {args.llm or 'embedded SmolLM2-135M-Instruct'}; "
         f"encoder: `{args.encoder}`.",
         "",
         "| stage | training samples | settings | command wall time | training loop | samples/s |",
@@ -115,8 +127,9 @@ def main() -> int:
         f"Final model on {metrics.get('n')} Test faces (keyword matching, greedy): accuracy "
         f"{100 * metrics['accuracy']:.1f} %, macro recall {100 * metrics['balanced_accuracy']:.1f} %, "
         f"macro-F1 {100 * metrics['macro_f1']:.1f} %, answers naming no emotion "
-        f"{100 * metrics['miss_rate']:.1f} %.",
+        f"{100 * metrics['miss_rate']:.1f} %; evaluation {result.seconds / 60:.1f} min on {device}.",
         "",
+        *_scoring_lines({**metrics, **result.extra}),
         "Stage settings (resolved):",
         "",
         "```json",
@@ -127,6 +140,19 @@ def main() -> int:
     write_text(args.out, "\n".join(lines))
     print(Path(args.out).read_text())
     return 0
+
+
+def _scoring_lines(metrics: dict) -> list[str]:
+    """The class-scoring figures of an ``--eval-mode score|both`` evaluation (none otherwise)."""
+    if "score" not in metrics:
+        return []
+    score = metrics["score"]
+    lines = [f"Class scoring (argmax of the 8 answer likelihoods): accuracy {100 * score['accuracy']:.1f} %, "
+             f"macro recall {100 * score['balanced_accuracy']:.1f} %, macro-F1 {100 * score['macro_f1']:.1f} %, "
+             f"ECE {100 * score['calibration']['ece']:.1f} %."]
+    if "agreement" in metrics:
+        lines[0] += f" Generated and scored class agree on {100 * metrics['agreement']:.1f} % of the faces."
+    return [*lines, ""]
 
 
 def cli() -> int:
