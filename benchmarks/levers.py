@@ -36,20 +36,17 @@ def figures(folder: Path) -> dict[str, Any]:
     """Metrics with intervals of a finished evaluation: ``score`` (argmax of the class probabilities,
     kept as ``probs`` with the labels ``truth``) and, where answers were generated, ``answer``
     (keyword matching); plus n and seconds."""
-    from facephi.eval.evaluate import EvalResult
-    from facephi.labels import CLASSES
+    from facephi.eval.results import EvalResult
     from facephi.scoring.metrics import compute_metrics
 
     result = EvalResult.load(folder)
-    records = result.records
-    truth = np.array([r["true_index"] for r in records], dtype=np.int64)
-    out: dict[str, Any] = {"n": len(records), "seconds": result.seconds, "truth": truth}
-    if all("scores" in r for r in records):
-        out["probs"] = np.array([[r["scores"][name] for name in CLASSES] for r in records])
-        out["score"] = compute_metrics(truth, out["probs"].argmax(axis=1), bootstrap=RESAMPLES)
-    if result.settings.get("mode", "generate") in ("generate", "both"):
-        pred = np.array([r["predicted_index"] for r in records], dtype=np.int64)
-        out["answer"] = compute_metrics(truth, pred, bootstrap=RESAMPLES)
+    truth, probs, answered = result.truth(), result.class_probabilities(), result.answered()
+    out: dict[str, Any] = {"n": len(truth), "seconds": result.seconds, "truth": truth}
+    if probs is not None:
+        out["probs"] = probs
+        out["score"] = compute_metrics(truth, probs.argmax(axis=1), bootstrap=RESAMPLES)
+    if answered is not None:
+        out["answer"] = compute_metrics(truth, answered, bootstrap=RESAMPLES)
     return out
 
 

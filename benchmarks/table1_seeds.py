@@ -104,14 +104,16 @@ def t_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float] |
 
 def load(run: Run) -> dict[str, Any]:
     """Truth, sample indices and scoring predictions of a finished evaluation, with its metrics."""
-    from facephi.eval.evaluate import EvalResult
-    from facephi.labels import CLASSES
+    from facephi.eval.results import EvalResult
     from facephi.scoring.metrics import compute_metrics
+    from facephi.utils.errors import FacePhiError
 
-    records = EvalResult.load(run.evaluation).records
-    truth = np.array([r["true_index"] for r in records], dtype=np.int64)
-    pred = np.array([[r["scores"][name] for name in CLASSES] for r in records]).argmax(axis=1)
-    return {"truth": truth, "index": [r["index"] for r in records], "pred": pred,
+    result = EvalResult.load(run.evaluation)
+    probs = result.class_probabilities()
+    if probs is None:
+        raise FacePhiError(f"{run.evaluation}: not a class-scoring evaluation (no class probabilities)")
+    truth, pred = result.truth(), probs.argmax(axis=1)
+    return {"truth": truth, "index": [r["index"] for r in result.records], "pred": pred,
             "metrics": compute_metrics(truth, pred, bootstrap=RESAMPLES)}
 
 

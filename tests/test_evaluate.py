@@ -77,6 +77,9 @@ def test_scores_and_files(tmp_path):
     assert not (tmp_path / "predictions.partial.jsonl").exists()
     loaded = EvalResult.load(tmp_path)
     assert loaded.metrics == m and loaded.records == result.records
+    assert loaded.truth().tolist() == [r["true_index"] for r in lines]
+    assert loaded.answered().tolist() == [r["predicted_index"] for r in lines]  # misses stay -1
+    assert loaded.class_probabilities() is None  # generated, not scored
 
 
 def test_results_do_not_depend_on_batch_size_and_instructions_are_seeded():
@@ -134,6 +137,8 @@ def test_encoder_classifier_uses_the_same_metrics(tmp_path):
     assert result.metrics.miss_rate == 0 and result.metrics.ambiguous_rate is None
     assert (tmp_path / "predictions.jsonl").is_file() and (tmp_path / "report.md").is_file()
     assert 0 < result.records[0]["confidence"] <= 1
+    loaded = EvalResult.load(tmp_path)
+    assert loaded.answered() is None and loaded.class_probabilities() is None  # an encoder neither answers nor scores
 
 
 def test_bad_settings_are_reported():

@@ -174,6 +174,10 @@ def test_score_mode_records_metrics_and_files(tmp_path):
     assert (tmp_path / "reliability.png").stat().st_size > 1000 and "## Class scoring" in (tmp_path / "report.md").read_text()
     loaded = EvalResult.load(tmp_path)
     assert loaded.metrics == result.metrics and loaded.extra == json.loads(json.dumps(result.extra))
+    probabilities = loaded.class_probabilities()
+    assert probabilities.shape == (10, len(CLASSES)) and np.allclose(probabilities.sum(axis=1), 1)
+    assert probabilities.argmax(axis=1).tolist() == expected and loaded.answered() is None  # nothing generated
+    assert loaded.truth().tolist() == [r["true_index"] for r in result.records]
 
 
 def test_both_mode_keeps_the_generate_metrics_and_adds_agreement(tmp_path):
@@ -190,6 +194,9 @@ def test_both_mode_keeps_the_generate_metrics_and_adds_agreement(tmp_path):
     saved = json.loads((tmp_path / "b" / "metrics.json").read_text())
     assert saved["accuracy"] == generated.metrics.accuracy and saved["agreement"] == both.extra["agreement"]
     assert saved["score"]["n"] == 10
+    loaded = EvalResult.load(tmp_path / "b")
+    assert loaded.answered().tolist() == [r["predicted_index"] for r in generated.records]
+    assert loaded.class_probabilities().argmax(axis=1).tolist() == [CLASSES.index(r["scored_class"]) for r in both.records]
 
 
 def test_prior_correction_from_a_valid_score_folder(tmp_path):

@@ -1,11 +1,8 @@
 """Evaluation of a FacePhi model (LLM answers + keyword matching) or of a landmark encoder's classifier.
 
-Both write the same files into an output folder (all atomic):
-
-* ``metrics.json``: :class:`~facephi.scoring.metrics.ClassificationMetrics` fields, plus ``settings``
-  (what was evaluated and how) and ``run`` (versions, seed, command);
-* ``predictions.jsonl``: one line per sample, in split order;
-* ``confusion.png`` and ``report.md``.
+Both write the same files into an output folder (all atomic): ``metrics.json`` and
+``predictions.jsonl`` (read back by :class:`facephi.eval.results.EvalResult`), ``confusion.png`` and
+``report.md``.
 
 LLM evaluation generates greedily in left-padded batches. It is resumable: finished batches are
 appended to ``predictions.partial.jsonl``; a re-run with the same settings continues after them,
@@ -43,71 +40,39 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
-from facephi.scoring.calibration import adjust_by_prior, calibration_summary, estimate_prior
+from facephi.scoring.calibration import adjust_by_prior, calibration_summary
 from facephi.scoring.keywords import match_answer
-from facephi.scoring.metrics import MISS, ClassificationMetrics, compute_metrics
-from facephi.eval.report import interval_text, metrics_markdown, save_confusion_png, save_reliability_png
+from facephi.scoring.metrics import MISS, compute_metrics
+from facephi.eval.report import metrics_markdown, save_confusion_png, save_reliability_png, scoring_markdown
 from facephi.labels import CLASSES
 from facephi.landmarks.store import SPLIT_SEED
 from facephi.utils.errors import FacePhiError
+from facephi.eval.results import (
+    BOOTSTRAP_RESAMPLES,
+    METRICS_NAME,
+    PARTIAL_NAME,
+    PREDICTIONS_NAME,
+    SCORE_BLOCKS,
+    EvalResult,
+    jsonl_text,
+    read_jsonl,
+    read_prior,
+    record_probabilities,
+    record_truth,
+)
 from facephi.utils.io import read_json, write_json, write_text
 from facephi.utils.runinfo import run_info
 
 logger = logging.getLogger(__name__)
 
 INSTRUCTION_POLICIES = ("random", "first")
-METRICS_NAME = "metrics.json"
-PREDICTIONS_NAME = "predictions.jsonl"
-PARTIAL_NAME = "predictions.partial.jsonl"
 EVAL_MODES = ("generate", "score", "both")
-SCORE_BLOCKS = ("score", "score_prior_corrected")
-EXTRA_KEYS = (*SCORE_BLOCKS, "agreement")
-"""Keys of ``metrics.json`` beside the top-level metrics (``EvalResult.extra``)."""
-BOOTSTRAP_RESAMPLES = 1000
-"""Resamples of the 95 % bootstrap intervals every evaluation reports (accuracy, macro recall, macro-F1)."""
-
-
-@dataclass
-class EvalResult:
-    """Metrics, per-sample records and where they were written (``out_dir`` may be None)."""
-
-    metrics: ClassificationMetrics
-    records: list[dict[str, Any]]
-    settings: dict[str, Any] = field(default_factory=dict)
-    seconds: float = 0.0
-    out_dir: Path | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    """Class-scoring blocks of ``metrics.json`` (``score``, ``score_prior_corrected``, ``agreement``)."""
-
-    @classmethod
-    def load(cls, out_dir: str | Path) -> "EvalResult":
-        """Read a finished evaluation folder back (``metrics.json`` + ``predictions.jsonl``)."""
-        out_dir = Path(out_dir)
-        metrics_path, predictions_path = out_dir / METRICS_NAME, out_dir / PREDICTIONS_NAME
-        for path in (metrics_path, predictions_path):
-            if not path.is_file():
-                raise FacePhiError(f"{path}: missing; {out_dir} is not a finished evaluation")
-        data = read_json(metrics_path)
-        settings, seconds = data.pop("settings", {}), data.pop("seconds", 0.0)
-        data.pop("run", None)
-        extra = {key: data.pop(key) for key in EXTRA_KEYS if key in data}
-        records = _read_jsonl(predictions_path)
-        return cls(ClassificationMetrics.from_dict(data), records, settings, seconds, out_dir, extra)
-
-    @classmethod
-    def load_if_finished(cls, out_dir: str | Path) -> "EvalResult | None":
-        """:meth:`load`, or ``None`` when ``out_dir`` holds no finished evaluation (to resume a run)."""
-        try:
-            return cls.load(out_dir)
-        except FacePhiError:
-            return None
 
 
 def choose_instruction(index: int, policy: str = "random", seed: int = 0) -> str:
@@ -156,26 +121,6 @@ def _batches(dataset: Any, batch_size: int, skip: set[int]) -> Any:
         yield batch
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Records of a JSON-lines file; a truncated last line (interrupted write) is dropped."""
-    records = []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            if number == len(lines):
-                break
-            raise FacePhiError(f"{path}:{number}: invalid JSON line ({exc})") from exc
-    return records
-
-
-def _jsonl(records: Sequence[dict[str, Any]]) -> str:
-    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-
-
 def _device(model: torch.nn.Module) -> torch.device:
     return next(iter(model.parameters()), torch.empty(0)).device
 
@@ -198,10 +143,10 @@ def _run(
         out.mkdir(parents=True, exist_ok=True)
         settings_path = out / "settings.partial.json"
         if partial.is_file() and settings_path.is_file() and read_json(settings_path) == settings:
-            done = _read_jsonl(partial)
+            done = read_jsonl(partial)
             logger.info("resuming %s: %d samples already evaluated", out, len(done))
         write_json(settings_path, settings)
-        write_text(partial, _jsonl(done))  # drops a truncated last line, starts fresh otherwise
+        write_text(partial, jsonl_text(done))  # drops a truncated last line, starts fresh otherwise
 
     start = time.perf_counter()
     skip = {int(r["index"]) for r in done}
@@ -213,7 +158,7 @@ def _run(
             records.extend(new)
             if partial is not None:
                 with open(partial, "a", encoding="utf-8") as fh:
-                    fh.write(_jsonl(new))
+                    fh.write(jsonl_text(new))
             bar.update(len(batch))
     seconds = time.perf_counter() - start
 
@@ -236,7 +181,7 @@ def _run(
 def _write_outputs(result: EvalResult, title: str) -> None:
     out = result.out_dir
     assert out is not None
-    write_text(out / PREDICTIONS_NAME, _jsonl(result.records))
+    write_text(out / PREDICTIONS_NAME, jsonl_text(result.records))
     write_json(out / METRICS_NAME, {**result.metrics.to_dict(), **result.extra, "settings": result.settings,
                                     "seconds": result.seconds, "run": run_info(result.settings.get("seed"))})
     save_confusion_png(result.metrics, out / "confusion.png", title=f"{title}: accuracy "
@@ -249,56 +194,14 @@ def _write_outputs(result: EvalResult, title: str) -> None:
             save_reliability_png(block["calibration"], out / name,
                                  title=f"{title}, {label}: accuracy {100 * block['accuracy']:.1f} % (n = {block['n']})")
     info = {k: v for k, v in result.settings.items() if not isinstance(v, (dict, list))}
-    write_text(out / "report.md", metrics_markdown(result.metrics, title=title, info=info) + _scoring_markdown(result.extra))
-
-
-def _scoring_markdown(extra: dict[str, Any]) -> str:
-    """The class-scoring section of ``report.md`` (empty without scoring)."""
-    columns = [key for key in SCORE_BLOCKS if key in extra]
-    if not columns:
-        return ""
-    names = {"score": "Class scoring", "score_prior_corrected": "Prior corrected"}
-    rows = [("Accuracy", "accuracy", True), ("Balanced accuracy", "balanced_accuracy", True),
-            ("Macro-F1", "macro_f1", True), ("ECE (15 bins)", "ece", True), ("NLL of the true class (nats)", "nll", False),
-            ("Mean confidence", "mean_confidence", True)]
-    lines = ["## Class scoring", "", "| Metric | " + " | ".join(names[c] for c in columns) + " |",
-             "|---|" + "---|" * len(columns)]
-    for label, key, percent in rows:
-        cells = []
-        for c in columns:
-            value = extra[c].get(key, extra[c]["calibration"].get(key))
-            cells.append(f"{100 * value:.1f} %{interval_text(extra[c].get('intervals'), key)}" if percent
-                         else f"{value:.3f}")
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    if "agreement" in extra:
-        lines += ["", f"Agreement of the generated class with the scored argmax: {100 * extra['agreement']:.1f} %"]
-    return "\n".join(lines) + "\n"
-
-
-def read_prior(folder: str | Path, score_templates: str | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-    """The class prior of ``--prior-from``: the mean predicted probability per class of a finished
-    ``score``/``both`` evaluation on the valid split; returns (prior [8], where it came from)."""
-    result = EvalResult.load(folder)
-    if result.settings.get("mode") not in ("score", "both") or any("scores" not in r for r in result.records):
-        raise FacePhiError(f"{folder}: not a class-scoring evaluation (make one with "
-                           "`facephi eval --mode score --split valid`)")
-    if result.settings.get("split") != "valid":
-        raise FacePhiError(f"{folder}: the prior must come from the valid split, this evaluation is on "
-                           f"{result.settings.get('split')!r}")
-    if score_templates is not None and result.settings.get("score_templates") != score_templates:
-        raise FacePhiError(f"{folder}: scored with --score-templates {result.settings.get('score_templates')}, "
-                           f"this evaluation uses {score_templates}")
-    prior = estimate_prior([[r["scores"][name] for name in CLASSES] for r in result.records])
-    return prior, {"from": str(folder), "split": "valid", "n_samples": len(result.records),
-                   "model": result.settings.get("model")}
+    write_text(out / "report.md", metrics_markdown(result.metrics, title=title, info=info) + scoring_markdown(result.extra))
 
 
 def _score_block(records: list[dict[str, Any]], prior: np.ndarray | None = None) -> dict[str, Any]:
     """Metrics of the scored argmax plus calibration, from the records' ``scores``."""
-    probabilities = np.array([[r["scores"][name] for name in CLASSES] for r in records], dtype=np.float64)
+    probabilities, truth = record_probabilities(records), record_truth(records)
     if prior is not None:
         probabilities = adjust_by_prior(probabilities, prior)
-    truth = np.array([r["true_index"] for r in records], dtype=np.int64)
     metrics = compute_metrics(truth, probabilities.argmax(axis=1), bootstrap=BOOTSTRAP_RESAMPLES)
     return {**metrics.to_dict(), "calibration": calibration_summary(probabilities, truth)}
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from facephi.eval.results import SCORE_BLOCKS
 from facephi.scoring.metrics import ClassificationMetrics
 from facephi.labels import display_name
 from facephi.utils.io import atomic_path
@@ -132,3 +133,26 @@ def save_reliability_png(calibration: dict[str, Any], path: str | os.PathLike[st
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
+
+
+def scoring_markdown(extra: dict[str, Any]) -> str:
+    """The class-scoring section of ``report.md`` (empty without scoring)."""
+    columns = [key for key in SCORE_BLOCKS if key in extra]
+    if not columns:
+        return ""
+    names = {"score": "Class scoring", "score_prior_corrected": "Prior corrected"}
+    rows = [("Accuracy", "accuracy", True), ("Balanced accuracy", "balanced_accuracy", True),
+            ("Macro-F1", "macro_f1", True), ("ECE (15 bins)", "ece", True), ("NLL of the true class (nats)", "nll", False),
+            ("Mean confidence", "mean_confidence", True)]
+    lines = ["## Class scoring", "", "| Metric | " + " | ".join(names[c] for c in columns) + " |",
+             "|---|" + "---|" * len(columns)]
+    for label, key, percent in rows:
+        cells = []
+        for c in columns:
+            value = extra[c].get(key, extra[c]["calibration"].get(key))
+            cells.append(f"{100 * value:.1f} %{interval_text(extra[c].get('intervals'), key)}" if percent
+                         else f"{value:.3f}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    if "agreement" in extra:
+        lines += ["", f"Agreement of the generated class with the scored argmax: {100 * extra['agreement']:.1f} %"]
+    return "\n".join(lines) + "\n"

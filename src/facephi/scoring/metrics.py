@@ -35,9 +35,14 @@ MISS = -1
 """Prediction value meaning "the answer names no class"."""
 
 
+def confusion_columns(y_pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """The confusion-matrix column of each prediction: its class, or ``num_classes`` for a miss (``-1``)."""
+    return np.where(y_pred == MISS, num_classes, y_pred)
+
+
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
     """Counts [K, K+1]: row = true class, column = predicted class, column K = missed (``-1``)."""
-    columns = np.where(y_pred == MISS, num_classes, y_pred)
+    columns = confusion_columns(y_pred, num_classes)
     matrix = np.zeros((num_classes, num_classes + 1), dtype=np.int64)
     np.add.at(matrix, (y_true, columns), 1)
     return matrix
@@ -88,7 +93,7 @@ def resampled_rates(truth: np.ndarray, preds: Sequence[np.ndarray], num_classes:
     if resamples < 1:
         raise ValueError(f"bootstrap: need resamples >= 1, got {resamples}")
     cells = num_classes * (num_classes + 1)
-    codes = [truth * (num_classes + 1) + np.where(pred == MISS, num_classes, pred) for pred in preds]
+    codes = [truth * (num_classes + 1) + confusion_columns(pred, num_classes) for pred in preds]
     rng = np.random.default_rng(seed)
     matrices = np.empty((len(codes), resamples, cells), dtype=np.int64)
     for b in range(resamples):
