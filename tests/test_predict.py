@@ -12,7 +12,8 @@ from facephi.labels import CLASSES
 from facephi.model.encoder import LandmarkEncoder
 from facephi.model.checkpoints import checkpoint_type
 from facephi.scoring.keywords import match_answer
-from facephi.serve.predict import ENCODER, FACEPHI, LandmarkInput, Predictor, read_inputs
+from facephi.serve.inputs import LandmarkInput, read_inputs
+from facephi.serve.predict import ENCODER, FACEPHI, Predictor
 from facephi.utils.errors import FacePhiError
 from train_fixtures import write_encoder
 

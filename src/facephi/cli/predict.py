@@ -51,7 +51,7 @@ def format_prediction(row: dict[str, Any], top: int = 3) -> str:
 
 def _runs(inputs: list[Path]) -> Iterator[tuple[bool, list[Path]]]:
     """Consecutive inputs grouped into (is a video file, paths): videos one by one, the rest together."""
-    from facephi.serve.predict import is_video
+    from facephi.serve.inputs import is_video
 
     group: list[Path] = []
     for path in inputs:

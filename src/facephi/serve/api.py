@@ -28,15 +28,8 @@ import numpy as np
 from facephi.labels import CLASSES, display_name
 from facephi.model.defaults import MODEL_ENV, SHIPPED_MODEL, default_model
 from facephi.model.precision import PRECISIONS
-from facephi.serve.predict import (
-    LandmarkInput,
-    Predictor,
-    iter_inputs,
-    landmark_inputs,
-    read_image_bytes,
-    read_rgb,
-    read_video,
-)
+from facephi.serve.inputs import LandmarkInput, iter_inputs, landmark_inputs, read_image_bytes, read_rgb, read_video
+from facephi.serve.predict import Predictor
 from facephi.utils.errors import FacePhiError
 from facephi.utils.io import atomic_path
 

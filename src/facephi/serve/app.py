@@ -32,7 +32,6 @@ import logging
 import math
 import threading
 import time
-import warnings
 from contextlib import asynccontextmanager
 from email.parser import HeaderParser
 from pathlib import Path
