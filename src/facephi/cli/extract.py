@@ -23,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from facephi.landmarks.extract import extract, summary_lines
+    from facephi.landmarks.extract import extract
+    from facephi.landmarks.manifest import summary_lines
 
     config = from_args(ExtractConfig, args)
     result = extract(config, progress=args.progress)

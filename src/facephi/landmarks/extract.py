@@ -25,15 +25,13 @@ byte-identical output. The final files are written atomically, then ``.partial``
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import logging
 import multiprocessing
 import os
 import shutil
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,20 +39,17 @@ from typing import Any
 import numpy as np
 
 from facephi.config import Config, setting
-from facephi.labels import CLASSES
 from facephi.landmarks.images import ImageError, crop_box, load_image
+from facephi.landmarks.manifest import assemble_output
 from facephi.landmarks.mesh import NUM_LANDMARKS, FaceMesher
-from facephi.landmarks.readers import FORMATS, SampleRecord, SourceListing, read_source
+from facephi.landmarks.readers import FORMATS, SampleRecord, read_source
 from facephi.utils.errors import FacePhiError
-from facephi.utils.io import read_json, save_npy, write_json, write_text
+from facephi.utils.io import read_json, save_npy, write_json
 from facephi.utils.runinfo import run_info
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
 PARTIAL_DIR = ".partial"
-BASE_COLUMNS = ("index", "path", "label", "split", "width", "height", "faces", "padded")
-FAILURE_COLUMNS = ("path", "split", "reason", "detail")
 
 
 @dataclass
@@ -182,7 +177,8 @@ def extract(config: ExtractConfig, progress: bool = True) -> ExtractResult:
     ]
     settings = _MeshSettings(config.padding, config.max_side, config.max_faces, config.crop_margin)
     _run_tasks(tasks, settings, config.workers, len(records), done_records, progress)
-    manifest = _assemble(out, partial, chunks, records, listing, config, job["run"], described["fingerprint"])
+    manifest = assemble_output(out, partial, chunks, records, listing, _options(config),
+                               {"source": str(config.source), **job["run"]}, described["fingerprint"])
     shutil.rmtree(partial)
     _require_faces(out, manifest)
     return ExtractResult(out=out, manifest=manifest)
@@ -346,106 +342,3 @@ def _run_tasks(tasks: list, settings: _MeshSettings, workers: int | None, total:
                     bar.update(n)
     finally:
         bar.close()
-
-
-def _assemble(
-    out: Path,
-    partial: Path,
-    chunks: list[list[SampleRecord]],
-    records: list[SampleRecord],
-    listing: SourceListing,
-    config: ExtractConfig,
-    run: dict[str, Any],
-    fingerprint: str,
-) -> dict[str, Any]:
-    """Concatenate finished chunks in record order into the final files (each written atomically)."""
-    extra_cols: list[str] = []
-    for r in records:
-        extra_cols += [k for k in r.extra if k not in extra_cols]
-    sample_rows: list[list[Any]] = []
-    failure_rows: list[list[Any]] = []
-    landmarks: list[np.ndarray] = []
-    stats: dict[str, Counter] = defaultdict(Counter)
-    per_class: dict[str, Counter] = defaultdict(Counter)
-    failures: Counter[str] = Counter()
-    for c, chunk in enumerate(chunks):
-        stem = partial / f"chunk_{c:06d}"
-        points = np.load(stem.with_suffix(".npy"), allow_pickle=False)
-        infos = read_json(stem.with_suffix(".json"))
-        for r, pts, info in zip(chunk, points, infos):
-            s = stats[r.split]
-            s["records"] += 1
-            if info["reason"]:
-                failures[info["reason"]] += 1
-                s["failed"] += 1
-                failure_rows.append([r.path, r.split, info["reason"], info["detail"]])
-                continue
-            s["extracted"] += 1
-            s["padding_retry"] += info["padded"]
-            s["multiple_faces"] += info["faces"] > 1
-            per_class[r.split][r.label or "unlabelled"] += 1
-            landmarks.append(pts)
-            sample_rows.append(
-                [len(sample_rows), r.path, r.label, r.split, info["width"], info["height"],
-                 info["faces"], info["padded"], *(r.extra.get(k, "") for k in extra_cols)]
-            )
-    array = np.stack(landmarks) if landmarks else np.zeros((0, NUM_LANDMARKS, 3), np.float32)
-    save_npy(out / "landmarks.npy", array.astype(np.float32, copy=False))
-    write_text(out / "samples.csv", _csv([*BASE_COLUMNS, *extra_cols], sample_rows))
-    write_text(out / "failures.csv", _csv(FAILURE_COLUMNS, failure_rows))
-    splits = {
-        name: {**dict(stats[name]), "found_fraction": round(stats[name]["extracted"] / stats[name]["records"], 5),
-               "classes": _class_counts(per_class[name])}
-        for name in stats
-    }
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "source": run.get("source", str(config.source)),
-        "reader": listing.reader,
-        "options": _options(config),
-        "fingerprint": fingerprint,  # a rerun with the same source and options reuses this output
-        "num_landmarks": NUM_LANDMARKS,
-        "counts": {
-            "records": len(records),
-            "extracted": len(sample_rows),
-            "failed": len(failure_rows),
-            "skipped_by_reader": dict(sorted(listing.skipped.items())),
-        },
-        "classes": _class_counts(sum(per_class.values(), Counter())),
-        "splits": splits,
-        "failures": dict(sorted(failures.items())),
-        "run": run,
-    }
-    write_json(out / "manifest.json", manifest)  # written last: marks the output complete
-    return manifest
-
-
-def _class_counts(counts: Counter) -> dict[str, int]:
-    ordered = {name: counts.get(name, 0) for name in CLASSES}
-    if counts.get("unlabelled"):
-        ordered["unlabelled"] = counts["unlabelled"]
-    return ordered
-
-
-def _csv(header: tuple[str, ...] | list[str], rows: list[list[Any]]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
-def summary_lines(manifest: dict[str, Any]) -> list[str]:
-    """A short human summary of a manifest: faces found per split, failures by reason."""
-    counts = manifest["counts"]
-    lines = [f"extracted {counts['extracted']} of {counts['records']} images ({manifest['reader']} reader)"]
-    for name, s in manifest["splits"].items():
-        lines.append(
-            f"  {name}: {s.get('extracted', 0)}/{s['records']} faces found ({100 * s['found_fraction']:.2f} %), "
-            f"{s.get('padding_retry', 0)} via the border retry, {s.get('multiple_faces', 0)} with several faces"
-        )
-    for reason, n in manifest["failures"].items():
-        lines.append(f"  failed: {n} × {reason}")
-    for reason, n in counts["skipped_by_reader"].items():
-        lines.append(f"  skipped by the reader: {n} × {reason}")
-    return lines
