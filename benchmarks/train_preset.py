@@ -57,7 +57,8 @@ def timed_stages(args) -> list[dict]:
     return [read_json(Path(args.run) / f"stage{stage}_timing.json") for stage in (1, 2)]
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="extracted landmark set")
     parser.add_argument("--encoder", required=True, help="landmark encoder checkpoint (facephi align)")
@@ -76,7 +77,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     import torch
 
@@ -105,7 +106,7 @@ def main() -> int:
     lines = [
         f"# `facephi train --preset {args.preset}`: stage 1 + stage 2, timed end to end",
         "",
-        f"Command: `python benchmarks/train_preset.py {' '.join(sys.argv[1:])}`",
+        f"Command: `python benchmarks/train_preset.py {' '.join(argv)}`",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch threads = {args.threads}"
         f"{gpu}; torch {torch.__version__}. LLM: {args.llm or 'embedded SmolLM2-135M-Instruct'}; "
@@ -155,12 +156,12 @@ def _scoring_lines(metrics: dict) -> list[str]:
     return [*lines, ""]
 
 
-def cli() -> int:
+def cli(argv: list[str] | None = None) -> int:
     """``main`` with facephi's input errors as one line on stderr and exit status 2."""
     from facephi.utils.errors import FacePhiError
 
     try:
-        return main()
+        return main(argv)
     except FacePhiError as exc:
         print(f"train_preset.py: error: {exc}", file=sys.stderr)
         return 2
