@@ -81,10 +81,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from facephi.cli.eval import resolve_device
     from facephi.eval.evaluate import EvalResult, evaluate_model
     from facephi.landmarks.store import LandmarkSet
     from facephi.model.facephi import FacePhiModel
+    from facephi.model.precision import resolve_device
     from facephi.train.stages import FINAL_DIR
     from facephi.utils.io import write_text
 

@@ -77,3 +77,16 @@ def test_cli_refuses_an_unknown_precision(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:  # argparse
         main(["predict", "--precision", "half", str(tmp_path / "x.npy")])
     assert exit_info.value.code == 2 and "--precision: invalid choice: 'half'" in capsys.readouterr().err
+
+
+def test_device_names_resolve_once_with_one_clear_error():
+    from facephi.model.precision import module_device, resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu") and resolve_device(torch.device("cpu")).type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu") == resolve_device(None).type
+    with pytest.raises(FacePhiError, match=r"^device \(--device\) 'nonsense': "):
+        resolve_device("nonsense")
+    if not torch.cuda.is_available():
+        with pytest.raises(FacePhiError, match="^device cuda:1: CUDA is not available on this machine"):
+            resolve_device("cuda:1", what="device")
+    assert module_device(torch.nn.Linear(2, 2)).type == "cpu" and module_device(torch.nn.ReLU()).type == "cpu"

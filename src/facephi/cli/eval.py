@@ -25,23 +25,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def resolve_device(name: str) -> "torch.device":  # noqa: F821 - torch is imported lazily
-    """``auto`` → CUDA when available, else CPU; anything else as torch spells it."""
-    import torch
-
-    from facephi.utils.errors import FacePhiError
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise FacePhiError(f"device (--device) {name!r}: {exc}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise FacePhiError(f"device (--device) {name}: CUDA is not available on this machine")
-    return device
-
-
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -49,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
     from facephi.eval.report import summary_lines
     from facephi.landmarks.store import LandmarkSet
     from facephi.model.checkpoints import ENCODER, check_model_dir
+    from facephi.model.precision import resolve_device
     from facephi.utils.errors import FacePhiError
     from facephi.utils.io import check_writable_dir
 

@@ -76,7 +76,7 @@ def _plot_path(plot_dir: Path, video: Path, used: set[Path]) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from facephi.cli.eval import resolve_device
+    from facephi.model.precision import resolve_device
     from facephi.serve.api import FacePhi
 
     config = from_args(PredictConfig, args)

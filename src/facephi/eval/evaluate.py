@@ -52,6 +52,7 @@ from facephi.scoring.metrics import MISS, compute_metrics
 from facephi.eval.report import metrics_markdown, save_confusion_png, save_reliability_png, scoring_markdown
 from facephi.labels import CLASSES
 from facephi.landmarks.store import SPLIT_SEED
+from facephi.model.precision import module_device
 from facephi.utils.errors import FacePhiError
 from facephi.eval.results import (
     BOOTSTRAP_RESAMPLES,
@@ -119,10 +120,6 @@ def _batches(dataset: Any, batch_size: int, skip: set[int]) -> Any:
             batch = []
     if batch:
         yield batch
-
-
-def _device(model: torch.nn.Module) -> torch.device:
-    return next(iter(model.parameters()), torch.empty(0)).device
 
 
 def _run(
@@ -261,7 +258,7 @@ def evaluate_model(
             raise FacePhiError(f"prior: need {len(CLASSES)} finite positive numbers, got {prior.tolist()}")
     encoder = getattr(model, "encoder", None)
     dataset = _as_dataset(data, split, getattr(encoder, "normalizer", None), limit, seed, limit_policy)
-    device = _device(model)
+    device = module_device(model)
     model.eval()
 
     def generate_records(batch: list[dict[str, Any]], indices: list[int], texts: list[str],
@@ -356,7 +353,7 @@ def evaluate_encoder(
     """The landmark encoder's own classifier (``class_logits``, argmax) on ``split``: the Table-1
     reference row, with the same metrics and files as :func:`evaluate_model`."""
     dataset = _as_dataset(data, split, getattr(encoder, "normalizer", None), limit, seed, limit_policy)
-    device = _device(encoder)
+    device = module_device(encoder)
     encoder.eval()
 
     def predict_batch(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -38,6 +38,32 @@ def cpu_has_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     return any(flag in flags for flag in CPU_BF16_FLAGS)
 
 
+def resolve_device(name: Any, what: str = "device (--device)") -> Any:
+    """``auto`` (or None) → CUDA when available, else the CPU; a name as torch spells it (``cpu``,
+    ``cuda:1``) or a ``torch.device`` as given. ``what`` names the setting in the error messages."""
+    import torch
+
+    if isinstance(name, torch.device):
+        device = name
+    elif name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        try:
+            device = torch.device(name)
+        except RuntimeError as exc:
+            raise FacePhiError(f"{what} {name!r}: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise FacePhiError(f"{what} {name}: CUDA is not available on this machine")
+    return device
+
+
+def module_device(module: Any) -> Any:
+    """The device of ``module``'s first parameter (the CPU for a module without parameters)."""
+    import torch
+
+    return next(iter(module.parameters()), torch.empty(0)).device
+
+
 def resolve_precision(name: str, device: Any) -> str:
     """``name`` (one of :data:`PRECISIONS`) for ``device`` → ``"float32"`` or ``"bfloat16"``."""
     import torch

@@ -27,7 +27,7 @@ import numpy as np
 
 from facephi.labels import CLASSES, display_name
 from facephi.model.defaults import MODEL_ENV, SHIPPED_MODEL, default_model
-from facephi.model.precision import PRECISIONS
+from facephi.model.precision import PRECISIONS, resolve_device
 from facephi.serve.inputs import LandmarkInput, iter_inputs, landmark_inputs, read_image_bytes, read_rgb, read_video
 from facephi.serve.predict import Predictor
 from facephi.utils.errors import FacePhiError
@@ -49,19 +49,6 @@ def model_path(path: str | Path | None) -> Path:
         raise FacePhiError(f"no model given, and the shipped model {SHIPPED_MODEL} is not there yet (it will be "
                            f"added to the repository): pass a model folder (--model) or set ${MODEL_ENV}")
     return path
-
-
-def _device(device: Any) -> Any:
-    import torch
-
-    if isinstance(device, torch.device):
-        return device
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError as exc:
-        raise FacePhiError(f"device {device!r}: {exc}") from None
 
 
 class _SharedMesher:
@@ -197,11 +184,12 @@ class FacePhi:
 
         if precision not in PRECISIONS:
             raise FacePhiError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        target = resolve_device(device, what="device")  # a wrong device fails before the model loads
         if threads:
             torch.set_num_threads(int(threads))
         predictor = Predictor.from_pretrained(model_path(path), flag=flag, instruction=instruction,
                                               max_new_tokens=max_new_tokens, batch_size=batch_size)
-        predictor.model.to(_device(device))
+        predictor.model.to(target)
         if predictor.kind == "facephi":
             predictor.precision = predictor.model.set_precision(precision)
         return cls(predictor)

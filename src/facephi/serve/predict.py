@@ -28,6 +28,7 @@ import torch
 from facephi.scoring.keywords import match_answer
 from facephi.labels import CLASSES
 from facephi.model.checkpoints import ENCODER, FACEPHI, check_model_dir
+from facephi.model.precision import module_device
 from facephi.serve.inputs import LandmarkInput, iter_inputs
 from facephi.utils.errors import FacePhiError
 
@@ -186,7 +187,7 @@ class Predictor:
         yield from flush()
 
     def _predict_raw(self, raw: np.ndarray, sizes: np.ndarray) -> list[tuple[str | None, str | None, dict | None]]:
-        device = next(iter(self.model.parameters()), torch.empty(0)).device
+        device = module_device(self.model)
         points = self.encoder.normalize(raw, sizes).to(device)
         instructions = [self.instruction] * len(raw)
         with self.lock, torch.inference_mode():
