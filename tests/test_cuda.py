@@ -25,18 +25,24 @@ def _on(batch: dict[str, torch.Tensor], device: str) -> dict[str, torch.Tensor]:
     return {key: value.to(device) for key, value in batch.items()}
 
 
+def _for_stage(model, stage: int):
+    """``model`` set up as training stage ``stage`` runs it; stage 2 in eval mode (no dropout draws)."""
+    model.set_trainable(stage)
+    if stage == 1:
+        set_train_mode(model)  # the frozen LLM in eval mode, as in training
+    else:
+        model.eval()
+    return model
+
+
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 @pytest.mark.parametrize("stage", (1, 2))
 def test_loss_and_gradients_on_cuda_equal_the_cpu(architecture, stage):
     torch.backends.cuda.matmul.allow_tf32 = False
-    cpu = build(architecture)
-    cpu.set_trainable(stage)
-    set_train_mode(cpu) if stage == 1 else cpu.eval()
+    cpu = _for_stage(build(architecture), stage)
     batch = batch_of(cpu)
     want_loss, want_grads = loss_and_grads(cpu, batch, fast=True)
-    gpu = build(architecture).cuda()
-    gpu.set_trainable(stage)
-    set_train_mode(gpu) if stage == 1 else gpu.eval()
+    gpu = _for_stage(build(architecture).cuda(), stage)
     for fast in (True, False):
         loss, grads = loss_and_grads(gpu, _on(batch, "cuda"), fast=fast)
         torch.testing.assert_close(loss.cpu(), want_loss, rtol=1e-4, atol=1e-5)
