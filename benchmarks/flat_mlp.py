@@ -18,7 +18,6 @@ import platform
 import time
 from pathlib import Path
 
-import numpy as np
 
 
 def train_mlp(x: dict, y: dict, epochs: int, hidden: int, seed: int) -> dict:

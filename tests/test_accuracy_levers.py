@@ -119,3 +119,131 @@ def test_stage2_without_train_encoder_keeps_the_encoder(tmp_path):
     before = _state(model.encoder)
     train_stage(model, make_dataset(model), tiny_config(2, max_steps=1, lr=1e-2), tmp_path / "run", progress=False)
     assert all(torch.equal(v, _state(model.encoder)[k]) for k, v in before.items())
+
+
+# ---------------------------------------------------------------------------- class-weighted answer loss
+
+def _weighted_batch(model, weights):
+    from test_speed_levers import batch_of
+
+    batch = batch_of(model)
+    batch["weights"] = torch.tensor(weights, dtype=torch.float32)
+    return batch
+
+
+def _row_losses(model, batch):
+    """Each row's own mean answer NLL and its label-token count (one forward per row, no weights)."""
+    losses, counts = [], []
+    for row in range(len(batch["labels"])):
+        single = {key: batch[key][row:row + 1] for key in ("input_ids", "attention_mask", "labels", "points")}
+        with torch.no_grad():
+            losses.append(float(model(**single).loss))
+        counts.append(int((single["labels"][:, 1:] != -100).sum()))
+    return np.array(losses), np.array(counts)
+
+
+@pytest.mark.parametrize("architecture,answer_only_head", [("llama", True), ("phi", False), ("gpt2", True)])
+@pytest.mark.parametrize("fast", [False, True])
+@torch.no_grad()
+def test_class_weighted_loss_is_the_weighted_mean_of_the_answer_tokens(architecture, answer_only_head, fast):
+    from test_facephi_model import build
+
+    model = build(architecture)
+    model.config.answer_only_head = answer_only_head
+    model.set_trainable(1)
+    model.eval()
+    model.fast_path = fast
+    weights = [3.0, 0.5, 1.0, 2.0]
+    batch = _weighted_batch(model, weights)
+    losses, counts = _row_losses(model, batch)
+    expected = (np.array(weights) * counts * losses).sum() / (np.array(weights) * counts).sum()
+    assert float(model(**batch).loss) == pytest.approx(expected, rel=1e-5)
+    plain = {key: value for key, value in batch.items() if key != "weights"}
+    equal = {**plain, "weights": torch.full((4,), 2.5)}  # equal weights: the plain mean
+    assert float(model(**equal).loss) == pytest.approx(float(model(**plain).loss), rel=1e-6)
+    assert float(model(**batch).loss) != pytest.approx(float(model(**plain).loss), rel=1e-4)
+
+
+@pytest.mark.parametrize("trained", ["projector", "full"])
+def test_class_weighted_fast_path_equals_the_plain_loss_and_gradients(monkeypatch, trained):
+    import facephi.model.facephi as facephi_module
+    from test_facephi_model import build
+    from test_speed_levers import assert_same
+
+    monkeypatch.setattr(facephi_module, "PASS_OVERHEAD_TOKENS", 0)  # rows in length groups (frozen LLM)
+    model = build("llama")
+    model.set_trainable(1 if trained == "projector" else 2)
+    model.eval()
+    assert_same(model, _weighted_batch(model, [3.0, 0.5, 1.0, 2.0]), atol=1e-5)
+
+
+def test_a_batch_whose_weights_are_all_zero_has_zero_loss_not_nan():
+    from test_facephi_model import build
+
+    model = build("llama")
+    model.set_trainable(1)
+    model.eval()
+    for fast in (False, True):
+        model.fast_path = fast
+        loss = model(**_weighted_batch(model, [0.0] * 4)).loss
+        loss.backward()
+        assert float(loss) == 0.0
+        assert all(torch.isfinite(p.grad).all() for p in model.projector.parameters())
+        model.zero_grad(set_to_none=True)
+
+
+def test_weights_need_one_per_row():
+    from test_facephi_model import build
+
+    model = build("llama")
+    batch = _weighted_batch(model, [1.0] * 4)
+    batch["weights"] = batch["weights"][:3]
+    with pytest.raises(FacePhiError, match="one weight per row"):
+        model(**batch)
+
+
+def test_items_carry_the_weight_of_the_class_their_answer_names():
+    model = make_model()
+    weights = np.arange(1, len(CLASSES) + 1, dtype=float)
+    base = [{"points": torch.zeros(478, 3), "label": i % len(CLASSES), "index": i} for i in range(16)]
+    dataset = InstructionDataset(base, model.formatter, class_weights=weights)
+    assert [dataset[i]["weight"] for i in range(16)] == [weights[i % len(CLASSES)] for i in range(16)]
+    votes = np.zeros((16, len(CLASSES)))
+    votes[:, 4] = 10  # every answer names fear, whatever the label
+    voted = InstructionDataset(base, model.formatter, votes=votes, class_weights=weights)
+    assert all(voted[i]["weight"] == weights[4] for i in range(16))
+    assert "weight" not in InstructionDataset(base, model.formatter)[0]
+    from facephi.train.stages import collate_train
+
+    batch = collate_train([dataset[i] for i in range(3)])
+    assert batch["weights"].tolist() == [1.0, 2.0, 3.0]
+    with pytest.raises(FacePhiError, match="class_weights must be 8 finite non-negative"):
+        InstructionDataset(base, model.formatter, class_weights=-weights)
+    with pytest.raises(FacePhiError, match="class_weights must be 8 finite non-negative"):
+        InstructionDataset(base, model.formatter, class_weights=weights[:3])
+
+
+def test_training_with_class_weights_records_them_and_weights_only_the_training_answers(tmp_path):
+    from facephi.landmarks.store import LandmarkSet
+    from facephi.train.runner import load_stage_data
+
+    from facephi.landmarks.normalize import Normalizer
+
+    root = write_landmark_set(tmp_path / "set", {"train": 24, "valid": 8})
+    model = make_model()
+    model.encoder.normalizer = Normalizer(align=False)
+    config = TrainConfig(stage=1, class_weights="balanced", limit_valid=None)
+    train_set, valid_set, described = load_stage_data(model, LandmarkSet.load(root), config)
+    counts = np.bincount(np.asarray(train_set.base.labels), minlength=len(CLASSES))
+    expected = counts.sum() / (len(CLASSES) * counts)
+    assert described["train_class_weights"] == pytest.approx(expected.tolist(), rel=1e-5)
+    assert train_set[0]["weight"] == pytest.approx(expected[train_set[0]["answer_class"]])
+    assert "weight" not in valid_set[0]  # the valid loss stays the plain mean
+    _, _, plain = load_stage_data(model, LandmarkSet.load(root), TrainConfig(stage=1, limit_valid=None))
+    assert "train_class_weights" not in plain
+    result = train_stage(model, train_set, tiny_config(1, max_steps=2, class_weights="balanced"), tmp_path / "run",
+                         valid_set=valid_set, sources=described, progress=False)
+    assert result.finished
+    recorded = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert recorded["settings"]["train"]["class_weights"] == "balanced"
+    assert np.isfinite([entry["loss"] for entry in json.loads((tmp_path / "run" / "metrics.json").read_text())["log"]]).all()

@@ -206,7 +206,7 @@ def test_carved_splits_do_not_depend_on_the_training_seed(tmp_path):
 
 
 def test_class_weights_balanced_and_sqrt():
-    from facephi.train.align import class_weights
+    from facephi.train.weights import class_weights
 
     labels = np.array([0] * 6 + [1] * 3 + [3] * 1)  # class 2 absent
     balanced = class_weights(labels, 4, "balanced")

@@ -208,6 +208,13 @@ def test_nan_landmark_train(nan_data, encoder, llm, tmp_path, capsys, caplog, re
     assert str(nan_data) in line and "non-finite" in line and SAMPLE_NAMED.search(line), line
 
 
+def test_bad_data_train_leaves_no_out_folder(nan_data, encoder, llm, tmp_path, capsys, caplog, refuse_work):
+    line = one_error(capsys, caplog, *stage1_argv(tmp_path / "nope", tmp_path / "run1", encoder, llm))
+    assert "nope: not found (--data)" in line, line
+    one_error(capsys, caplog, *stage1_argv(nan_data, tmp_path / "run2", encoder, llm))
+    assert not (tmp_path / "run1").exists() and not (tmp_path / "run2").exists()
+
+
 def test_nan_landmark_align_refuses_instead_of_dropping(nan_data, tmp_path, capsys, caplog, refuse_work):
     line = one_error(capsys, caplog, *align_argv(nan_data, tmp_path / "enc"))
     assert str(nan_data) in line and "non-finite" in line and SAMPLE_NAMED.search(line), line

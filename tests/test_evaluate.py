@@ -165,7 +165,7 @@ def write_landmark_folder(root, n: int = 12):
 
 def test_eval_cli_with_an_encoder_checkpoint(tmp_path, capsys):
     from facephi.cli import main
-    from train_fixtures import PointsDataset, write_encoder
+    from train_fixtures import write_encoder
 
     data = write_landmark_folder(tmp_path / "data")
     encoder = write_encoder(tmp_path / "encoder")

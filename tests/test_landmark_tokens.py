@@ -11,7 +11,6 @@ from test_speed_levers import assert_same, batch_of
 from tiny_models import TinyEncoder, tiny_llm, tiny_tokenizer
 
 import facephi.model.class_scoring as class_scoring
-import facephi.model.facephi as facephi_module
 from facephi.data.templates import INSTRUCTIONS
 from facephi.model.facephi import FacePhiConfig, FacePhiModel
 from facephi.model.projector import ProjectorConfig

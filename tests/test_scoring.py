@@ -11,7 +11,6 @@ from test_facephi_model import build
 from train_fixtures import PointsDataset, write_encoder, write_landmark_set
 
 import facephi.model.class_scoring as class_scoring
-import facephi.model.facephi as facephi_module
 from facephi.data.instruction import IGNORE_INDEX
 from facephi.data.templates import ANSWER_TEMPLATES, INSTRUCTIONS
 from facephi.eval.evaluate import EvalResult, evaluate_model, read_prior

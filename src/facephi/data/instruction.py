@@ -192,10 +192,14 @@ class InstructionDataset(Dataset):
     names is drawn from the item's votes (a separate draw per seed, epoch and item), not its label;
     in expectation the answer loss is the vote-weighted mean of the classes' losses (soft targets).
     The item's ``label`` stays its label; ``answer_class`` is the class its answer names.
+
+    ``class_weights`` (8 non-negative numbers): training items get ``weight``, the weight of the
+    class their answer names (the weight of that answer's loss).
     """
 
     def __init__(self, base_dataset: Dataset, formatter: PromptFormatter, seed: int = 0,
-                 for_generation: bool = False, votes: np.ndarray | None = None) -> None:
+                 for_generation: bool = False, votes: np.ndarray | None = None,
+                 class_weights: np.ndarray | None = None) -> None:
         self.base = base_dataset
         self.formatter = formatter
         self.seed = int(seed)
@@ -205,6 +209,12 @@ class InstructionDataset(Dataset):
                                        or not np.isfinite(self.votes).all() or (self.votes < 0).any()):
             raise FacePhiError(f"InstructionDataset: votes must be finite non-negative [N, {len(CLASSES)}], "
                                f"got shape {list(self.votes.shape)}")
+        self.class_weights = None if class_weights is None else np.asarray(class_weights, dtype=np.float64)
+        if self.class_weights is not None and (self.class_weights.shape != (len(CLASSES),)
+                                               or not np.isfinite(self.class_weights).all()
+                                               or (self.class_weights < 0).any()):
+            raise FacePhiError(f"InstructionDataset: class_weights must be {len(CLASSES)} finite non-negative "
+                               f"numbers, got {self.class_weights.tolist()}")
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -225,6 +235,8 @@ class InstructionDataset(Dataset):
         instruction, answer = sample_conversation(named, rng)
         item["instruction"], item["answer"] = instruction, answer
         item["answer_class"] = named
+        if self.class_weights is not None:
+            item["weight"] = float(self.class_weights[named])
         if self.for_generation:
             item["input_ids"] = torch.tensor(self.formatter.encode_prompt(instruction), dtype=torch.long)
         else:

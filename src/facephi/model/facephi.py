@@ -99,6 +99,12 @@ class FacePhiOutput:
     logits: torch.Tensor | None = None
 
 
+def weighted_mean(total: torch.Tensor, weight: torch.Tensor | float) -> torch.Tensor:
+    """``total / weight``; 0 (keeping ``total``'s graph) where every weight is 0, e.g. a batch whose
+    answers all name classes the class weights gave 0."""
+    return total / weight if float(weight) > 0 else total * 0.0
+
+
 def length_groups(lengths: list[int], overhead: int | None = None) -> list[list[int]]:
     """Rows (indices into ``lengths``) in groups of similar length, minimising the padded tokens
     ``sum(rows x longest)`` plus ``overhead`` (default ``PASS_OVERHEAD_TOKENS``) per group (exact,
@@ -262,39 +268,65 @@ class FacePhiModel(ClassScoringMixin, nn.Module):
         return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, points: torch.Tensor,
-                labels: torch.Tensor | None = None) -> FacePhiOutput:
+                labels: torch.Tensor | None = None, weights: torch.Tensor | None = None) -> FacePhiOutput:
         """Loss over the label tokens when ``labels`` is given, else the full logits.
+
+        ``weights`` [B] (optional, with ``labels``): each row's label tokens count with its weight,
+        the loss is ``sum(w_b * nll_bt) / sum(w_b * 1)`` over the label tokens (equal weights: the
+        plain mean); training uses it for class weights (``TrainConfig.class_weights``).
 
         With ``fast_path`` and a batch in the training layout (``_split_prefix``) the loss comes from
         ``_suffix_loss``: the same value and gradients, without running the shared prefix per row.
         """
+        if weights is not None and (labels is None or weights.shape != labels.shape[:1]):
+            raise FacePhiError(f"forward: weights need labels and one weight per row, got "
+                               f"{list(weights.shape)} for {None if labels is None else list(labels.shape)}")
         if labels is not None and self.fast_path:
             split = self._split_prefix(input_ids, attention_mask, labels)
             if split is not None:
-                return FacePhiOutput(loss=self._suffix_loss(*split, points))
+                return FacePhiOutput(loss=self._suffix_loss(*split, points, weights))
         inputs_embeds = self.embed(input_ids, points)
         kwargs = {"inputs_embeds": inputs_embeds, "attention_mask": attention_mask,
                   "position_ids": self.position_ids(attention_mask)}
-        if labels is None or not self.config.answer_only_head:
+        if labels is None or (not self.config.answer_only_head and weights is None):
             output = self.llm(**kwargs, labels=labels, use_cache=False)
             return FacePhiOutput(loss=output.loss, logits=output.logits)
+        if not self.config.answer_only_head:
+            logits = self.llm(**kwargs, use_cache=False).logits
+            return FacePhiOutput(loss=self._next_token_loss(logits[:, :-1], labels[:, 1:], False, weights),
+                                 logits=logits)
         hidden = self.llm.base_model(**kwargs, use_cache=False).last_hidden_state
-        return FacePhiOutput(loss=self.label_loss(hidden, labels))
+        return FacePhiOutput(loss=self.label_loss(hidden, labels, weights))
 
-    def label_loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Mean NLL of the next-token labels, the LM head applied only where a label is set."""
-        return self._next_token_loss(hidden[:, :-1], labels[:, 1:], head=True)
+    def label_loss(self, hidden: torch.Tensor, labels: torch.Tensor,
+                   weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean NLL of the next-token labels (row-weighted by ``weights``, see ``forward``), the LM
+        head applied only where a label is set."""
+        return self._next_token_loss(hidden[:, :-1], labels[:, 1:], True, weights)
 
-    def _next_token_loss(self, states: torch.Tensor, targets: torch.Tensor, head: bool) -> torch.Tensor:
+    def _next_token_loss(self, states: torch.Tensor, targets: torch.Tensor, head: bool,
+                         weights: torch.Tensor | None = None) -> torch.Tensor:
         """Mean NLL of ``targets`` [B, T] (-100: none) predicted by ``states`` [B, T, *] (hidden
-        states, through the LM head when ``head``, or logits)."""
+        states, through the LM head when ``head``, or logits); row-weighted by ``weights`` [B]."""
+        if not bool((targets != IGNORE_INDEX).any()):
+            raise FacePhiError("label_loss: the batch has no label token (all labels are -100)")
+        return weighted_mean(*self._token_nll_sum(states, targets, head, weights))
+
+    def _token_nll_sum(self, states: torch.Tensor, targets: torch.Tensor, head: bool,
+                       weights: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | float]:
+        """(sum of the label tokens' NLL, each times its row's weight; sum of those weights): the
+        weighted mean's numerator and denominator (0 with no label token)."""
         selected = targets != IGNORE_INDEX
         if not bool(selected.any()):
-            raise FacePhiError("label_loss: the batch has no label token (all labels are -100)")
+            return states.new_zeros(()), 0.0
         logits = states[selected]
         if head:
             logits = self.llm.get_output_embeddings()(logits)
-        return F.cross_entropy(logits.float(), targets[selected])
+        nll = F.cross_entropy(logits.float(), targets[selected], reduction="none")
+        if weights is None:
+            return nll.sum(), float(nll.numel())
+        token_weights = weights.to(nll.device, torch.float32)[:, None].expand(targets.shape)[selected]
+        return (nll * token_weights).sum(), token_weights.sum()
 
     # ------------------------------------------------------------------ shared prefix (fast path)
     def _split_prefix(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -391,8 +423,8 @@ class FacePhiModel(ClassScoringMixin, nn.Module):
         return states, cache, mask
 
     def _suffix_loss(self, ids: torch.Tensor, real: torch.Tensor, labels: torch.Tensor,
-                     points: torch.Tensor) -> torch.Tensor:
-        """``forward``'s loss from ``_split_prefix``'s rows.
+                     points: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """``forward``'s loss from ``_split_prefix``'s rows (row-weighted by ``weights``).
 
         Their last column (each row's last token, [EOS] in training) predicts nothing and is not run.
         On CPU, with a frozen LLM or one whose trainable weights are few (LoRA), the rows run in
@@ -410,7 +442,7 @@ class FacePhiModel(ClassScoringMixin, nn.Module):
                   else [list(range(len(lengths)))])
         if len(groups) == 1:
             states, _, _ = self._run_after_prefix(ids, real, points, kv)
-            return self._next_token_loss(states, targets, head=self.config.answer_only_head)
+            return self._next_token_loss(states, targets, self.config.answer_only_head, weights)
         if not bool((targets != IGNORE_INDEX).any()):
             raise FacePhiError("label_loss: the batch has no label token (all labels are -100)")
         total, count = 0, 0
@@ -418,16 +450,13 @@ class FacePhiModel(ClassScoringMixin, nn.Module):
             width = max(lengths[r] for r in rows)
             index = torch.tensor(rows, device=ids.device)
             part = targets[index, -width:]
-            selected = part != IGNORE_INDEX
-            if not bool(selected.any()):
+            if not bool((part != IGNORE_INDEX).any()):
                 continue
             states, _, _ = self._run_after_prefix(ids[index, -width:], real[index, -width:], points[index], kv)
-            logits = states[selected]
-            if self.config.answer_only_head:
-                logits = self.llm.get_output_embeddings()(logits)
-            total = total + F.cross_entropy(logits.float(), part[selected], reduction="sum")
-            count += int(selected.sum())
-        return total / count
+            group_total, group_count = self._token_nll_sum(states, part, self.config.answer_only_head,
+                                                           None if weights is None else weights[index])
+            total, count = total + group_total, count + group_count
+        return weighted_mean(total, count)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, points: torch.Tensor,

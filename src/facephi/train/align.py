@@ -14,7 +14,6 @@ once, at the end, on the best checkpoint; it is never used for selection.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -27,9 +26,10 @@ from torch.nn import functional as F
 
 from facephi.model.encoder import LandmarkEncoder
 from facephi.model.losses import clamp_logit_scale_, clip_contrastive_loss
-from facephi.train.config import CLASS_WEIGHTS, AlignConfig
+from facephi.train.config import AlignConfig
 from facephi.train.probe import encode_features, evaluate_split
 from facephi.train.schedules import lr_factor, warmup_steps
+from facephi.train.weights import class_weights
 from facephi.utils.errors import FacePhiError
 
 logger = logging.getLogger(__name__)
@@ -70,23 +70,6 @@ class ClassifyObjective:
 
     def after_step(self, model: LandmarkEncoder) -> None:
         pass
-
-
-def class_weights(labels: np.ndarray, num_classes: int, kind: str = "balanced") -> torch.Tensor:
-    """Cross-entropy class weights; 0 for classes absent from ``labels``.
-
-    ``"balanced"``: ``N / (C_present · n_c)`` (scikit-learn's); ``"sqrt"``: its square root, a
-    milder correction that keeps more of the accuracy on the frequent classes.
-    """
-    if kind == "none" or kind not in CLASS_WEIGHTS:
-        raise ValueError(f"class weights must be 'balanced' or 'sqrt', got {kind!r}")
-    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
-    present = counts > 0
-    weights = np.zeros(num_classes)
-    weights[present] = counts.sum() / (present.sum() * counts[present])
-    if kind == "sqrt":
-        weights = np.sqrt(weights)
-    return torch.tensor(weights, dtype=torch.float32)
 
 
 # ---------------------------------------------------------------------------- data and model

@@ -151,6 +151,10 @@ class TrainConfig(Config):
                                         "(the paper: 1; stage 2 keeps its --init model's)")
     train_encoder: bool = setting(False, help="stage 2: also fine-tune the landmark encoder's weights (an "
                                               "ablation; its BatchNorm statistics stay as aligned)")
+    class_weights: str = setting("none", choices=CLASS_WEIGHTS,
+                                 help="weight of each answer's loss by the class it names: balanced = inverse "
+                                      "class frequency in the training subset, sqrt = its square root (the valid "
+                                      "loss stays unweighted)")
     answer_labels: str = setting("plurality", choices=ANSWER_LABELS,
                                  help="class named by each training answer: plurality = the face's label; votes = "
                                       "drawn from its crowd votes per epoch (soft targets; FER+ data only)")

@@ -150,16 +150,25 @@ def load_stage_data(model: Any, landmark_set: Any, config: TrainConfig) -> tuple
                  if (valid_labels >= 0).any() else np.zeros(0, dtype=np.int64))
 
     votes = answer_votes(landmark_set, config)
+    weights = None
+    if config.class_weights != "none":
+        from facephi.labels import CLASSES
+        from facephi.train.weights import class_weights
+
+        weights = class_weights(landmark_set.labels[train_idx], len(CLASSES), config.class_weights).numpy()
 
     def instructions(indices: np.ndarray, training: bool) -> Any:
         base = LandmarkDataset(landmark_set, indices, model.encoder.normalizer)
-        return InstructionDataset(base, model.formatter, seed=config.seed, votes=votes if training else None)
+        return InstructionDataset(base, model.formatter, seed=config.seed, votes=votes if training else None,
+                                  class_weights=weights if training else None)
 
     described = {
         "data": str(data_path.resolve()), "split_seed": SPLIT_SEED,
         "train_class_counts": np.bincount(landmark_set.labels[train_idx], minlength=8).tolist(),
         "valid_class_counts": np.bincount(landmark_set.labels[valid_idx], minlength=8).tolist(),
     }
+    if weights is not None:
+        described["train_class_weights"] = [round(float(w), 6) for w in weights]
     return (instructions(train_idx, True), (instructions(valid_idx, False) if len(valid_idx) else None),
             described)
 
@@ -183,10 +192,10 @@ def run_stage(config: TrainConfig, data: str | Path, out: str | Path, *, encoder
     from facephi.landmarks.store import LandmarkSet
 
     out = Path(out)
+    landmark_set = LandmarkSet.load(_existing(data, "--data"))  # before --out is made: a bad dataset leaves nothing
+    answer_votes(landmark_set, config)
     check_stage_inputs(config, out, encoder=encoder, init=init, llm=llm, gguf_file=gguf_file, max_length=max_length,
                        resume=resume)
-    landmark_set = LandmarkSet.load(_existing(data, "--data"))  # before the LLM: a bad dataset fails fast
-    answer_votes(landmark_set, config)
     if config.threads:
         torch.set_num_threads(config.threads)
     seed_everything(config.seed)  # the new projector's initialisation

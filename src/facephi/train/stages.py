@@ -56,9 +56,12 @@ class StageResult:
 # ---------------------------------------------------------------------------- data helpers
 
 def collate_train(items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Stack left-padded training items and drop the pad columns shared by the whole batch."""
+    """Stack left-padded training items and drop the pad columns shared by the whole batch; items
+    with a ``weight`` (class weights) give the batch ``weights`` [B]."""
     batch = {key: torch.stack([torch.as_tensor(item[key]) for item in items])
              for key in ("input_ids", "attention_mask", "labels", "points")}
+    if "weight" in items[0]:
+        batch["weights"] = torch.tensor([float(item["weight"]) for item in items], dtype=torch.float32)
     used = batch["attention_mask"].any(dim=0).nonzero()
     start = int(used[0]) if len(used) else 0
     for key in ("input_ids", "attention_mask", "labels"):
