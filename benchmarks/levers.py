@@ -1,6 +1,6 @@
 """The accuracy-lever table: one row per lever, Valid for choosing, all of Test with 95 % intervals.
 
-    python benchmarks/levers.py --spec benchmarks/levers.json --out benchmarks/results/levers_ferplus_cpu.md
+    python benchmarks/levers.py --spec benchmarks/levers.json --out benchmarks/results/levers_ferplus.md
 
 ``--spec`` lists the rows (see ``benchmarks/levers.json``): each names its training command, its run
 folder and two finished ``facephi eval`` folders, ``valid`` (class scoring on Valid, what a lever is
