@@ -145,12 +145,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _scoring_lines(metrics: dict) -> list[str]:
     """The class-scoring figures of an ``--eval-mode score|both`` evaluation (none otherwise)."""
+    from facephi.eval.report import scoring_summary
+
     if "score" not in metrics:
         return []
-    score = metrics["score"]
-    lines = [f"Class scoring (argmax of the 8 answer likelihoods): accuracy {100 * score['accuracy']:.1f} %, "
-             f"macro recall {100 * score['balanced_accuracy']:.1f} %, macro-F1 {100 * score['macro_f1']:.1f} %, "
-             f"ECE {100 * score['calibration']['ece']:.1f} %."]
+    lines = [f"Class scoring (argmax of the 8 answer likelihoods): {scoring_summary(metrics['score'])}."]
     if "agreement" in metrics:
         lines[0] += f" Generated and scored class agree on {100 * metrics['agreement']:.1f} % of the faces."
     return [*lines, ""]

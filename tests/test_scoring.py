@@ -261,6 +261,9 @@ def test_eval_cli_score_and_both_with_prior_on_a_tiny_checkpoint(tmp_path, capsy
     out = capsys.readouterr().out
     assert "Class scoring, prior corrected" in out and "Agreement" in out
     saved = json.loads((tmp_path / "test" / "metrics.json").read_text())
+    score = saved["score"]
+    assert (f"Class scoring: accuracy {100 * score['accuracy']:.1f} %, macro recall "
+            f"{100 * score['balanced_accuracy']:.1f} %, macro-F1 {100 * score['macro_f1']:.1f} %, ECE ") in out
     assert {"score", "score_prior_corrected", "agreement", "accuracy_contains"} <= set(saved)
     assert saved["settings"]["prior_source"]["from"] == str(tmp_path / "valid")
     # the recorded probabilities are the model's own, for each sample's recorded instruction

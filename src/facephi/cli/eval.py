@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from facephi.eval.evaluate import evaluate_encoder, evaluate_model
-    from facephi.eval.report import summary_lines
+    from facephi.eval.report import scoring_summary, summary_lines
     from facephi.landmarks.store import LandmarkSet
     from facephi.model.checkpoints import ENCODER, check_model_dir
     from facephi.model.precision import resolve_device
@@ -73,9 +73,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {label:<{width}}  {value}")
     for key, label in (("score", "Class scoring"), ("score_prior_corrected", "Class scoring, prior corrected")):
         if key in result.extra:
-            block = result.extra[key]
-            print(f"  {label}: accuracy {100 * block['accuracy']:.1f} %, macro-F1 {100 * block['macro_f1']:.1f} %, "
-                  f"ECE {100 * block['calibration']['ece']:.1f} %, NLL {block['calibration']['nll']:.3f}")
+            print(f"  {label}: {scoring_summary(result.extra[key])}")
     if "agreement" in result.extra:
         print(f"  Agreement (generated vs scored class): {100 * result.extra['agreement']:.1f} %")
     pngs = ", reliability.png" if "score" in result.extra else ""

@@ -135,6 +135,17 @@ def save_reliability_png(calibration: dict[str, Any], path: str | os.PathLike[st
         fig.savefig(tmp, format="png")
 
 
+def scoring_summary(block: dict[str, Any]) -> str:
+    """One line of a class-scoring block (``metrics.json``'s ``score``): accuracy, macro recall,
+    macro-F1, ECE and NLL, as ``facephi eval`` and the benchmarks print it."""
+    line = (f"accuracy {100 * block['accuracy']:.1f} %, macro recall {100 * block['balanced_accuracy']:.1f} %, "
+            f"macro-F1 {100 * block['macro_f1']:.1f} %")
+    calibration = block.get("calibration")
+    if calibration:
+        line += f", ECE {100 * calibration['ece']:.1f} %, NLL {calibration['nll']:.3f}"
+    return line
+
+
 def scoring_markdown(extra: dict[str, Any]) -> str:
     """The class-scoring section of ``report.md`` (empty without scoring)."""
     columns = [key for key in SCORE_BLOCKS if key in extra]
