@@ -105,6 +105,12 @@ def weighted_mean(total: torch.Tensor, weight: torch.Tensor | float) -> torch.Te
     return total / weight if float(weight) > 0 else total * 0.0
 
 
+def require_label_tokens(targets: torch.Tensor) -> None:
+    """FacePhiError unless ``targets`` holds at least one label token (not -100)."""
+    if not bool((targets != IGNORE_INDEX).any()):
+        raise FacePhiError("label_loss: the batch has no label token (all labels are -100)")
+
+
 def length_groups(lengths: list[int], overhead: int | None = None) -> list[list[int]]:
     """Rows (indices into ``lengths``) in groups of similar length, minimising the padded tokens
     ``sum(rows x longest)`` plus ``overhead`` (default ``PASS_OVERHEAD_TOKENS``) per group (exact,
@@ -308,8 +314,7 @@ class FacePhiModel(ClassScoringMixin, nn.Module):
                          weights: torch.Tensor | None = None) -> torch.Tensor:
         """Mean NLL of ``targets`` [B, T] (-100: none) predicted by ``states`` [B, T, *] (hidden
         states, through the LM head when ``head``, or logits); row-weighted by ``weights`` [B]."""
-        if not bool((targets != IGNORE_INDEX).any()):
-            raise FacePhiError("label_loss: the batch has no label token (all labels are -100)")
+        require_label_tokens(targets)
         return weighted_mean(*self._token_nll_sum(states, targets, head, weights))
 
     def _token_nll_sum(self, states: torch.Tensor, targets: torch.Tensor, head: bool,
@@ -440,11 +445,10 @@ class FacePhiModel(ClassScoringMixin, nn.Module):
         few_trainable = 10 * sum(n for n, trainable in sizes if trainable) < sum(n for n, _ in sizes)
         groups = (length_groups(lengths) if ids.device.type == "cpu" and few_trainable
                   else [list(range(len(lengths)))])
+        require_label_tokens(targets)
         if len(groups) == 1:
             states, _, _ = self._run_after_prefix(ids, real, points, kv)
-            return self._next_token_loss(states, targets, self.config.answer_only_head, weights)
-        if not bool((targets != IGNORE_INDEX).any()):
-            raise FacePhiError("label_loss: the batch has no label token (all labels are -100)")
+            return weighted_mean(*self._token_nll_sum(states, targets, self.config.answer_only_head, weights))
         total, count = 0, 0
         for rows in groups:
             width = max(lengths[r] for r in rows)
