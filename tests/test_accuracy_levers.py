@@ -247,3 +247,18 @@ def test_training_with_class_weights_records_them_and_weights_only_the_training_
     recorded = json.loads((tmp_path / "run" / "run.json").read_text())
     assert recorded["settings"]["train"]["class_weights"] == "balanced"
     assert np.isfinite([entry["loss"] for entry in json.loads((tmp_path / "run" / "metrics.json").read_text())["log"]]).all()
+
+
+def test_a_batch_without_label_tokens_is_refused_on_every_path():
+    from test_facephi_model import build
+
+    model = build("llama")
+    model.set_trainable(1)
+    model.eval()
+    batch = _weighted_batch(model, [1.0] * 4)
+    batch["labels"] = torch.full_like(batch["labels"], -100)
+    for fast in (False, True):
+        model.fast_path = fast
+        for weights in (None, batch["weights"]):
+            with pytest.raises(FacePhiError, match="the batch has no label token"):
+                model(**{**batch, "weights": weights})
