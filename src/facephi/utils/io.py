@@ -13,8 +13,24 @@ from typing import Any, Iterator
 
 import numpy as np
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+def _staging_name(path: Path) -> Path:
+    """A fresh hidden name beside ``path`` for its staging file or folder."""
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+
+
+def _create(path: Path, folder: bool) -> Path:
+    """Create a new staging file (mode 0666) or folder (0777) beside ``path``, less the process umask
+    (applied by the system: the umask is never read or changed)."""
+    while True:
+        staging = _staging_name(path)
+        try:
+            if folder:
+                os.mkdir(staging, 0o777)
+            else:
+                os.close(os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return staging
+        except FileExistsError:  # pragma: no cover - a uuid clash
+            continue
 
 
 @contextlib.contextmanager
@@ -22,10 +38,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path in the same folder; on success it replaces ``path`` atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual permissions
+    tmp_path = _create(path, folder=False)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -67,9 +80,8 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    staging = _create(path, folder=True)
     try:
-        os.chmod(staging, 0o777 & ~_UMASK)  # mkdtemp creates 0700; give the usual permissions
         yield staging
         replace_dir(staging, path)
     finally:
