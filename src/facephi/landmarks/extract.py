@@ -41,7 +41,7 @@ import numpy as np
 from facephi.config import Config, setting
 from facephi.landmarks.images import ImageError, crop_box, load_image
 from facephi.landmarks.manifest import assemble_output
-from facephi.landmarks.mesh import NUM_LANDMARKS, FaceMesher
+from facephi.landmarks.mesh import NUM_LANDMARKS, FaceMesher, MeshError
 from facephi.landmarks.readers import FORMATS, SampleRecord, read_source
 from facephi.utils.errors import FacePhiError
 from facephi.utils.io import read_json, save_npy, write_json
@@ -110,7 +110,10 @@ def _close_worker() -> None:
 def extract_one(
     mesher: FaceMesher, path: Path, box: tuple[float, float, float, float] | None, settings: _MeshSettings
 ) -> tuple[np.ndarray | None, dict[str, Any]]:
-    """Landmarks of one image and its ``samples.csv`` / ``failures.csv`` fields; never raises."""
+    """Landmarks of one image and its ``samples.csv`` / ``failures.csv`` fields.
+
+    A bad image (undecodable, unreadable, too large for memory, refused by the face mesh) is a
+    failure row; any other exception is a bug and propagates."""
     info: dict[str, Any] = {"width": 0, "height": 0, "faces": 0, "padded": 0, "reason": "", "detail": ""}
     try:
         image = load_image(path, max_side=settings.max_side)
@@ -121,8 +124,14 @@ def extract_one(
     except ImageError as exc:
         info.update(reason=exc.reason, detail=exc.detail)
         return None, info
-    except Exception as exc:  # noqa: BLE001 - a bad image must never stop a run
-        info.update(reason="mesh error", detail=f"{type(exc).__name__}: {exc}")
+    except OSError as exc:  # e.g. no permission to read the file
+        info.update(reason="unreadable file", detail=f"{path}: {exc.strerror or exc}")
+        return None, info
+    except MemoryError:
+        info.update(reason="image too large", detail=f"{path}: out of memory while decoding")
+        return None, info
+    except MeshError as exc:
+        info.update(reason="mesh error", detail=str(exc))
         return None, info
     info["faces"] = result.faces
     info["padded"] = int(result.padded)

@@ -1,5 +1,11 @@
 """MediaPipe FaceMesh wrapper: 478 refined landmarks, padding retry, largest face (or every face
-with its box), face count."""
+with its box), face count.
+
+What MediaPipe cannot take (an empty image, not uint8 ``[H, W, 3]``) or fails on is a
+:class:`MeshError`; the graph is rebuilt after a failure (MediaPipe's stays broken otherwise).
+MediaPipe's one-time C++ warning "Using NORM_RECT without IMAGE_DIMENSIONS" (absl logging, which no
+environment variable silences) is kept off stderr: calls are silenced until the first face is found.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,12 @@ import numpy as np
 
 NUM_LANDMARKS = 478
 """Points per face with ``refine_landmarks=True`` (468 mesh points + 10 iris points)."""
+
+_WARNED = False  # MediaPipe printed its once-per-process NORM_RECT warning (into the silenced stderr)
+
+
+class MeshError(Exception):
+    """An image the face mesh cannot take, or MediaPipe failing on it (one line, the image's problem)."""
 
 
 @dataclass(frozen=True)
@@ -52,24 +64,42 @@ class FaceMesher:
     """
 
     def __init__(self, max_faces: int = 4, padding: float = 0.25, min_detection_confidence: float = 0.5):
+        self.padding = padding
+        self._options = dict(static_image_mode=True, refine_landmarks=True, max_num_faces=max_faces,
+                             min_detection_confidence=min_detection_confidence)
+        self._mesh = self._build()
+
+    def _build(self) -> object:
         os.environ.setdefault("GLOG_minloglevel", "2")
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         with quiet_stderr():  # MediaPipe/TFLite print start-up banners from C++ on the first call
             import mediapipe as mp
 
-            self.padding = padding
-            self._mesh = mp.solutions.face_mesh.FaceMesh(
-                static_image_mode=True,
-                refine_landmarks=True,
-                max_num_faces=max_faces,
-                min_detection_confidence=min_detection_confidence,
-            )
-            self._mesh.process(np.zeros((64, 64, 3), dtype=np.uint8))
+            mesh = mp.solutions.face_mesh.FaceMesh(**self._options)
+            mesh.process(np.zeros((64, 64, 3), dtype=np.uint8))
+        return mesh
 
     def process(self, rgb: np.ndarray) -> list[np.ndarray]:
-        """The bare model call: every face in a uint8 RGB image as float32 ``[478, 3]`` arrays."""
-        result = self._mesh.process(np.ascontiguousarray(rgb))
+        """The bare model call: every face in a uint8 RGB image as float32 ``[478, 3]`` arrays.
+
+        Raises :class:`MeshError` for an image MediaPipe cannot take or fails on."""
+        global _WARNED
+        if not (isinstance(rgb, np.ndarray) and rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3):
+            shape = list(getattr(rgb, "shape", []))
+            raise MeshError(f"the face mesh needs an RGB uint8 image [H, W, 3], got {getattr(rgb, 'dtype', '?')} "
+                            f"{shape}")
+        if min(rgb.shape[:2]) < 1:
+            raise MeshError(f"empty image ({rgb.shape[1]}x{rgb.shape[0]} pixels)")
+        try:
+            with contextlib.nullcontext() if _WARNED else quiet_stderr():
+                result = self._mesh.process(np.ascontiguousarray(rgb))
+        except RuntimeError as exc:  # MediaPipe's graph failed (and stays broken): rebuild it
+            self._mesh.close()
+            self._mesh = self._build()
+            first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            raise MeshError(f"the face mesh failed on the image ({first.strip()})") from None
         faces = result.multi_face_landmarks or []
+        _WARNED = _WARNED or bool(faces)
         return [
             np.array([(p.x, p.y, p.z) for p in face.landmark], dtype=np.float32) for face in faces
         ]
