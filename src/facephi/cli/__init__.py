@@ -7,7 +7,8 @@ import importlib
 import logging
 import os
 import sys
-from typing import Sequence
+from pathlib import Path
+from typing import NoReturn, Sequence
 
 from facephi import __version__
 from facephi.utils.errors import FacePhiError
@@ -32,8 +33,33 @@ def _quiet_model_loading() -> None:
         sys.modules["transformers"].utils.logging.disable_progress_bar()
 
 
+def non_empty_path(text: str) -> Path:
+    """A path argument; an empty one (an unset shell variable) is refused instead of meaning "."."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path names no file (an unset shell variable?)")
+    return Path(text)
+
+
+def _refuse_empty_paths(parser: argparse.ArgumentParser) -> None:
+    """Give every path argument of ``parser`` and its sub-commands :func:`non_empty_path`."""
+    for action in parser._actions:
+        if action.type is Path:
+            action.type = non_empty_path
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _refuse_empty_paths(sub)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, ``facephi CMD: error: ...`` and where to read the
+    usage, instead of the usage block first (sub-command parsers inherit the class)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="facephi",
         description="Emotion recognition from facial landmarks with a lightweight multimodal LLM.",
     )
@@ -42,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         importlib.import_module(f"facephi.cli.{name}").register(sub)
+    _refuse_empty_paths(parser)
     return parser
 
 

@@ -78,8 +78,12 @@ def _plot_path(plot_dir: Path, video: Path, used: set[Path]) -> Path:
 def run(args: argparse.Namespace) -> int:
     from facephi.model.precision import resolve_device
     from facephi.serve.api import FacePhi
+    from facephi.serve.inputs import check_image_size, check_instruction
 
     config = from_args(PredictConfig, args)
+    check_instruction(config.instruction, "--instruction")
+    if config.image_size is not None:
+        check_image_size(config.image_size, "--image-size")
     device = resolve_device(config.device)
     if config.plot_dir is not None:
         from facephi.utils.io import check_writable_dir

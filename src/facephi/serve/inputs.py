@@ -10,18 +10,24 @@ Inputs (:func:`read_inputs`):
   ``all_faces=True``; each face has its box in pixels;
 * a folder of images (not an extracted dataset: no ``samples.csv`` / ``landmarks.npy``): every
   image file below it (:data:`IMAGE_SUFFIXES`, recursive, hidden entries skipped), in sorted order;
+  a sub-folder that cannot be read is an input with ``error``, as is an image that cannot be read;
 * a video (:data:`VIDEO_SUFFIXES`, decoded with PyAV): ``fps`` frames per second of video, each
   answered as an image, with its ``frame`` index and ``time_s``;
 * a ``.npy`` file of raw MediaPipe coordinates, ``[478, 3]`` or ``[N, 478, 3]`` (x, y as fractions of
   the image width / height, z on the scale of x); ``image_size=(W, H)`` gives the image size,
   by default the image is taken as square (only the aspect ratio matters after normalisation);
 * a folder written by ``facephi extract`` (every sample, with its own image size and label).
+
+An empty path (``""``, e.g. an unset shell variable) is refused as an input with ``error``, never
+read as the working directory. :func:`check_image_size` and :func:`check_instruction` are the one
+check of those request values, shared by the CLI, the Python API and the server.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -44,6 +50,42 @@ VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 
 NO_FACE = "no face found (also retried with a border)"
 
+MIN_IMAGE_SIDE = 1.0
+MAX_IMAGE_SIDE = 100_000.0
+"""Bounds of each side of ``image_size`` (pixels): beyond them raw landmarks shrink to a point or overflow."""
+
+MAX_NPY_BYTES = 1 << 30
+"""Largest ``.npy`` landmark array read (1 GiB: ~190,000 float32 faces), checked from its header."""
+
+EMPTY_PATH = "an empty path names no file (an unset shell variable?)"
+
+
+# ----------------------------------------------------------------------------- request values
+def check_image_size(size: Any, flag: str = "image_size") -> tuple[float, float]:
+    """``(W, H)`` as floats, each side in [:data:`MIN_IMAGE_SIDE`, :data:`MAX_IMAGE_SIDE`] pixels; None
+    means a square image ``(1, 1)``. Anything else is a one-line :class:`FacePhiError` naming ``flag``."""
+    if size is None:
+        return (1.0, 1.0)
+    try:
+        width, height = (float(v) for v in size)
+    except (TypeError, ValueError):
+        raise FacePhiError(f"{flag}: expected two numbers W H (pixels), got {size!r}") from None
+    if not all(math.isfinite(v) and MIN_IMAGE_SIDE <= v <= MAX_IMAGE_SIDE for v in (width, height)):
+        raise FacePhiError(f"{flag}: each side must be between {MIN_IMAGE_SIDE:g} and {MAX_IMAGE_SIDE:g} pixels, "
+                           f"got {width:g} x {height:g}")
+    return (width, height)
+
+
+def check_instruction(instruction: str | None, flag: str = "instruction") -> str | None:
+    """``instruction`` unchanged; None means the default question. An empty or blank one is a
+    :class:`FacePhiError` (it would silently ask the default question)."""
+    if instruction is None:
+        return None
+    if not isinstance(instruction, str) or not instruction.strip():
+        raise FacePhiError(f"{flag}: the question must not be empty, got {instruction!r} "
+                           "(leave it out for the default question)")
+    return instruction
+
 
 @dataclass
 class LandmarkInput:
@@ -62,12 +104,53 @@ class LandmarkInput:
 
 
 # ----------------------------------------------------------------------------------- inputs
+def npy_problem(path: Path) -> str | None:
+    """Why the ``.npy`` file at ``path`` cannot hold landmarks, from its header alone (nothing large is
+    read): not a ``.npy`` file, not numeric, not ``[478, 3]`` / ``[N, 478, 3]``, more than
+    :data:`MAX_NPY_BYTES`, or fewer bytes than its header declares; None when it can be loaded."""
+    from numpy.lib import format as npy_format
+
+    with open(path, "rb") as fh:
+        try:
+            major, _ = npy_format.read_magic(fh)
+            read_header = npy_format.read_array_header_1_0 if major == 1 else npy_format.read_array_header_2_0
+            shape, _, dtype = read_header(fh)
+        except (ValueError, EOFError, SyntaxError) as exc:
+            return f"unreadable .npy file ({exc})"
+        offset = fh.tell()
+    if dtype.kind not in "fiu":
+        return f"expected a numeric array, got dtype {dtype}"
+    if shape != (NUM_LANDMARKS, 3) and (len(shape) != 3 or shape[1:] != (NUM_LANDMARKS, 3)):
+        return (f"wrong array shape {list(shape)}: expected [{NUM_LANDMARKS}, 3] or [N, {NUM_LANDMARKS}, 3] "
+                "raw MediaPipe landmarks")
+    declared = math.prod(shape) * dtype.itemsize
+    if declared > MAX_NPY_BYTES:
+        return (f"the array is too large ({_gigabytes(declared)} declared for shape {list(shape)}; "
+                f"at most {_gigabytes(MAX_NPY_BYTES)} of landmarks per file)")
+    held = path.stat().st_size - offset
+    if held < declared:
+        return f"truncated .npy file: its header declares {declared:,} bytes of data, the file holds {held:,}"
+    return None
+
+
+def _gigabytes(n: int) -> str:
+    return f"{n / 2**30:.3g} GiB"
+
+
 def _read_npy(path: Path, size: tuple[float, float]) -> list[LandmarkInput]:
     try:
+        problem = npy_problem(path)
+        if problem is not None:
+            return [LandmarkInput(str(path), error=problem)]
         array = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as exc:
-        return [LandmarkInput(str(path), error=f"unreadable .npy file ({exc})")]
+        return [LandmarkInput(str(path), error=f"unreadable .npy file ({_reason(exc)})")]
     return landmark_inputs(array, size, str(path))
+
+
+def _reason(exc: Exception) -> str:
+    """An exception as a short clause: an OSError's ``strerror`` ("Permission denied"), else its text."""
+    return (exc.strerror if isinstance(exc, OSError) and exc.strerror else None) or str(exc) or type(exc).__name__
 
 
 def landmark_inputs(array: Any, size: tuple[float, float], source: str) -> list[LandmarkInput]:
@@ -115,8 +198,14 @@ def _read_dataset(path: Path) -> list[LandmarkInput]:
 def read_rgb(rgb: np.ndarray, size: tuple[float, float], source: str, mesher: Any, all_faces: bool = False,
              **where: Any) -> list[LandmarkInput]:
     """The largest face (or, with ``all_faces``, every face) of a uint8 RGB image whose original
-    size is ``size`` = (width, height); ``where`` (``frame``, ``time_s``) is copied to each input."""
-    faces = mesher.find_faces(rgb, size)
+    size is ``size`` = (width, height); ``where`` (``frame``, ``time_s``) is copied to each input.
+    An image the face mesh cannot take (empty, not ``[H, W, 3]`` uint8) or fails on is an input with ``error``."""
+    from facephi.landmarks.mesh import MeshError
+
+    try:
+        faces = mesher.find_faces(rgb, size)
+    except MeshError as exc:
+        return [LandmarkInput(source, error=str(exc), **where)]
     if not faces:
         return [LandmarkInput(source, error=NO_FACE, faces=0, **where)]
     if len(faces) > 1 and not all_faces:
@@ -141,6 +230,8 @@ def _read_image(image_source: Path | bytes, mesher: Any, all_faces: bool = False
         image = load_image(image_source, name=source)
     except ImageError as exc:
         return [LandmarkInput(source, error=str(exc))]
+    except OSError as exc:  # e.g. no permission to read the file
+        return [LandmarkInput(source, error=f"cannot read the file ({_reason(exc)})")]
     return read_rgb(image.rgb, (float(image.width), float(image.height)), source, mesher, all_faces)
 
 
@@ -152,17 +243,49 @@ def read_image_bytes(data: bytes, mesher: Any, all_faces: bool = False, source: 
 
 def is_dataset(folder: Path) -> bool:
     """Whether ``folder`` is (meant to be) a ``facephi extract`` folder rather than a folder of images."""
-    return (folder / "samples.csv").exists() or (folder / "landmarks.npy").exists()
+    try:
+        return (folder / "samples.csv").exists() or (folder / "landmarks.npy").exists()
+    except OSError:  # not searchable: read as a folder of images, whose listing reports the problem
+        return False
 
 
-def image_files(folder: Path) -> list[Path]:
-    """Image files below ``folder`` (recursive, sorted, hidden files and folders skipped)."""
-    found = []
-    for path in folder.rglob("*"):
-        relative = path.relative_to(folder).parts
-        if path.suffix.lower() in IMAGE_SUFFIXES and not any(p.startswith(".") for p in relative) and path.is_file():
-            found.append(path)
-    return sorted(found)
+def _path_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be read at all (missing, or a parent folder not searchable), or None."""
+    try:
+        path.stat()
+    except FileNotFoundError:
+        return "no such file or folder"
+    except OSError as exc:
+        return f"cannot read it ({_reason(exc)})"
+    return None
+
+
+def scan_folder(folder: Path) -> tuple[list[Path], list[LandmarkInput]]:
+    """Image files below ``folder`` (recursive, sorted, hidden files and folders skipped) and an
+    input with ``error`` for each folder below it (``folder`` included) that cannot be listed."""
+    images: list[Path] = []
+    unreadable: list[LandmarkInput] = []
+    pending, seen = [folder], set()
+    while pending:
+        current = pending.pop()
+        try:
+            info = current.stat()
+            if (info.st_dev, info.st_ino) in seen:  # a symbolic link back up the tree
+                continue
+            seen.add((info.st_dev, info.st_ino))
+            with os.scandir(current) as entries:
+                children = [(entry.name, entry.is_dir(), entry.is_file()) for entry in entries]
+        except OSError as exc:
+            unreadable.append(LandmarkInput(str(current), error=f"cannot read the folder ({_reason(exc)})"))
+            continue
+        for name, is_dir, is_file in children:
+            if name.startswith("."):
+                continue
+            if is_dir:
+                pending.append(current / name)
+            elif is_file and Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                images.append(current / name)
+    return sorted(images), sorted(unreadable, key=lambda i: i.source)
 
 
 def is_video(path: Path) -> bool:
@@ -173,7 +296,9 @@ def read_video(path: Path, fps: float, mesher: Any, all_faces: bool = False,
                max_side: int = 1280) -> Iterator[LandmarkInput]:
     """Faces of ``fps`` frames per second of video (the first frame at or after each multiple of
     ``1 / fps`` s); frames are downscaled to ``max_side`` for the mesh (boxes stay in the video's
-    pixels). A file that cannot be opened or decoded gives one input with ``error``."""
+    pixels). A file that cannot be opened gives one input with ``error``; so does a video that stops
+    early (a decoding error, or fewer seconds than it declares: truncated), after the frames
+    decoded before, naming the time of the last one."""
     import av
 
     if not fps > 0:
@@ -185,6 +310,7 @@ def read_video(path: Path, fps: float, mesher: Any, all_faces: bool = False,
         yield LandmarkInput(source, error=f"unreadable video ({exc})")
         return
     sampled = decoded = 0
+    last_time: float | None = None
     with container:
         if not container.streams.video:
             yield LandmarkInput(source, error="no video stream in the file")
@@ -195,10 +321,15 @@ def read_video(path: Path, fps: float, mesher: Any, all_faces: bool = False,
         start = float(stream.start_time * base) if stream.start_time is not None and base is not None else 0.0
         rate = float(stream.average_rate or 25)
         next_time = 0.0
-        try:
-            for index, frame in enumerate(container.decode(stream)):
-                decoded += 1
+        frames = container.decode(stream)
+        while True:
+            try:  # only decoding errors are reported as such; errors of the mesh below are not caught
+                frame = next(frames, None)
+                if frame is None:
+                    break
+                index, decoded = decoded, decoded + 1
                 time = float(frame.time) - start if frame.time is not None else index / rate
+                last_time = time
                 if time + 1e-6 < next_time:
                     continue
                 next_time = (math.floor(time * fps + 1e-6) + 1) / fps
@@ -206,23 +337,39 @@ def read_video(path: Path, fps: float, mesher: Any, all_faces: bool = False,
                 scale = min(1.0, max_side / max(width, height))
                 rgb = frame.to_ndarray(format="rgb24", width=max(1, round(width * scale)),
                                        height=max(1, round(height * scale)))
-                sampled += 1
-                yield from read_rgb(rgb, (float(width), float(height)), source, mesher, all_faces,
-                                    frame=index, time_s=round(time, 3))
-        except (av.FFmpegError, OSError, ValueError) as exc:
-            yield LandmarkInput(source, error=f"video decoding failed after {decoded} frames ({exc})")
-            return
+            except (av.FFmpegError, OSError, ValueError) as exc:
+                yield LandmarkInput(source, error=f"video decoding failed after {decoded} frames"
+                                                  f"{_last_good(last_time)} ({exc})")
+                return
+            sampled += 1
+            yield from read_rgb(rgb, (float(width), float(height)), source, mesher, all_faces,
+                                frame=index, time_s=round(time, 3))
+        declared = _declared_seconds(container, stream, start)
     if sampled == 0:
         yield LandmarkInput(source, error="no frame could be decoded")
+    elif declared is not None and last_time is not None and last_time + 1 / rate < declared - max(1.0, 0.05 * declared):
+        yield LandmarkInput(source, error=f"the video stops early (truncated?): decoded up to {last_time:.2f} s of "
+                                          f"the {declared:.2f} s it declares; the frames before are answered")
+
+
+def _last_good(time: float | None) -> str:
+    return "" if time is None else f" (the last at {time:.2f} s)"
+
+
+def _declared_seconds(container: Any, stream: Any, start: float) -> float | None:
+    """How long the video stream says it is (its own duration, else the container's), or None."""
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:  # in microseconds (AV_TIME_BASE)
+        return container.duration / 1_000_000 - start
+    return None
 
 
 def iter_inputs(paths: Iterable[str | Path], image_size: tuple[float, float] | None = None,
                 mesher: Any = None, all_faces: bool = False, fps: float = 2.0) -> Iterator[LandmarkInput]:
     """Landmarks of every input, lazily (see the module docstring); failures become inputs with
     ``error``. ``mesher`` (a ``FaceMesher``) is created on the first image when not given."""
-    size = (1.0, 1.0) if image_size is None else (float(image_size[0]), float(image_size[1]))
-    if min(size) <= 0:
-        raise FacePhiError(f"image size must be positive, got {size[0]:g} x {size[1]:g}")
+    size = check_image_size(image_size)
     own_mesher = None
 
     def get_mesher() -> Any:
@@ -234,14 +381,18 @@ def iter_inputs(paths: Iterable[str | Path], image_size: tuple[float, float] | N
         return mesher
 
     try:
-        for path in map(Path, paths):
-            if not path.exists():
-                yield LandmarkInput(str(path), error="no such file or folder")
+        for name in paths:
+            path = Path(name)
+            if isinstance(name, str) and not name:
+                yield LandmarkInput(name, error=EMPTY_PATH)
+            elif (problem := _path_problem(path)) is not None:
+                yield LandmarkInput(str(path), error=problem)
             elif path.is_dir() and is_dataset(path):
                 yield from _read_dataset(path)
             elif path.is_dir():
-                images = image_files(path)
-                if not images:
+                images, unreadable = scan_folder(path)
+                yield from unreadable
+                if not images and not unreadable:
                     yield LandmarkInput(str(path), error=f"no image files ({', '.join(IMAGE_SUFFIXES)}) in the "
                                                          "folder, nor samples.csv + landmarks.npy of `facephi extract`")
                 for image in images:
