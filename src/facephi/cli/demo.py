@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from facephi.cli import add_progress_flag
 from facephi.config import add_arguments, from_args
@@ -19,7 +20,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Exit status 0 when at least one photo was answered, 1 when none could be."""
     from facephi.pipelines.demo import run_demo
 
-    run_demo(from_args(DemoConfig, args), progress=args.progress)
+    results = run_demo(from_args(DemoConfig, args), progress=args.progress)
+    if not any("error" not in result for result in results):
+        print(f"facephi demo: none of the {len(results)} photos could be answered (see the table)", file=sys.stderr)
+        return 1
     return 0

@@ -90,7 +90,7 @@ def train_miniature(config: DemoConfig, progress: bool = True) -> Path:
 
 def run_demo(config: DemoConfig, progress: bool = True) -> list[dict[str, Any]]:
     """Answer for every photo in ``config.images`` and print a table (file, true label, answer, class,
-    top probability); returns the JSON-like result of every photo."""
+    top probability); returns the JSON-like result of every photo (``error`` for one not answered)."""
     from facephi.model.checkpoints import check_model_dir
     from facephi.model.defaults import MODEL_ENV, default_model
     from facephi.serve.api import FacePhi
@@ -113,9 +113,10 @@ def run_demo(config: DemoConfig, progress: bool = True) -> list[dict[str, Any]]:
         check_model_dir(model, "--model")
     print(f"Answering with {model} (only the 478 landmarks of each face reach the model)\n")
     with FacePhi.from_pretrained(model, threads=config.threads) as facephi:
-        results = [facephi.predict(path) for path in paths]
+        results = list(facephi.iter_predict(paths))  # one row per photo: its largest face, or its error
     print(format_table(paths, results, truths))
-    print("\nWeb demo: facephi serve   (then open http://127.0.0.1:8000)")
+    if any("error" not in result for result in results):
+        print("\nWeb demo: facephi serve   (then open http://127.0.0.1:8000)")
     return results
 
 
