@@ -348,6 +348,30 @@ def test_extraction_catches_bad_images_but_not_bugs(tmp_path, monkeypatch):
     assert points is None and info["reason"] == "unreadable file" and "Permission denied" in info["detail"]
 
 
+def test_extract_names_an_unreadable_folder_before_any_work(tmp_path, monkeypatch, capsys, caplog):
+    from facephi.landmarks import extract as extract_module
+
+    source = tmp_path / "photos"
+    for name, photo in (("happiness", PHOTOS[0]), ("sadness", PHOTOS[1])):
+        (source / name / "2024").mkdir(parents=True)
+        shutil.copy(EXAMPLES / photo, source / name / "2024" / photo)
+    locked, scandir = source / "sadness" / "2024", os.scandir
+
+    def scandir_as_user(path="."):
+        if Path(path) == locked:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return scandir(path)
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("images were meshed before the refusal")
+
+    monkeypatch.setattr(os, "scandir", scandir_as_user)
+    monkeypatch.setattr(extract_module, "_run_tasks", no_work)
+    line = one_error(capsys, caplog, "extract", source, "--out", tmp_path / "out", "--workers", "1", "--no-progress")
+    assert line == f"facephi extract: error: {locked}: cannot read the dataset (Permission denied)"
+    assert not (tmp_path / "out").exists()
+
+
 def test_mediapipe_norm_rect_warning_is_not_printed(tmp_path):
     script = ("import sys\nfrom facephi.landmarks.images import load_image\n"
               "from facephi.landmarks.mesh import FaceMesher\n"

@@ -8,6 +8,7 @@ order or sorted paths), which makes extraction output reproducible.
 from __future__ import annotations
 
 import csv
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,7 +94,10 @@ def read_source(source: str | Path, fmt: str = "auto", keep_ambiguous: bool = Fa
         if fmt == "affectnet":
             return read_affectnet(source)
         return read_folder(source)
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+    except OSError as exc:
+        where = exc.filename or source
+        raise FacePhiError(f"{where}: cannot read the dataset ({exc.strerror or exc})") from None
+    except (UnicodeDecodeError, csv.Error) as exc:
         raise FacePhiError(f"{source}: cannot read the dataset ({exc})") from None
 
 
@@ -237,9 +241,21 @@ def _read_class_dirs(source: Path, parent: Path, split: str) -> list[SampleRecor
     return [
         SampleRecord(f.relative_to(source).as_posix(), label, split)
         for d, label in sorted(classes.items(), key=lambda kv: kv[0].name)
-        for f in sorted(d.rglob("*"))
-        if f.is_file() and not any(part.startswith(".") for part in f.relative_to(d).parts)
+        for f in _files_below(d)
     ]
+
+
+def _files_below(folder: Path) -> list[Path]:
+    """Files below ``folder`` (recursive, sorted; hidden files and folders and links to folders skipped).
+    A folder that cannot be listed raises its ``OSError`` (never skipped without a word)."""
+    def fail(exc: OSError) -> None:
+        raise exc
+
+    found = []
+    for root, dirs, files in os.walk(folder, onerror=fail):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [Path(root) / f for f in files if not f.startswith(".")]
+    return sorted(f for f in found if f.is_file())
 
 
 def _read_labels_csv(source: Path) -> list[SampleRecord]:
