@@ -24,9 +24,8 @@ from facephi.labels import CLASSES
 from facephi.landmarks import images as images_module
 from facephi.landmarks.mesh import FaceMesher, MeshError
 from facephi.serve import inputs as inputs_module
-from facephi.serve.inputs import (EMPTY_PATH, check_image_size, check_instruction, read_inputs, read_rgb,
-                                  read_video)
-from facephi.utils.errors import FacePhiError
+from facephi.serve.inputs import check_image_size, check_instruction, read_inputs, read_rgb, read_video
+from facephi.utils.errors import EMPTY_PATH, FacePhiError
 from test_cli_probes import cli, one_error
 from train_fixtures import write_encoder
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import NoReturn, Sequence
 
 from facephi import __version__
-from facephi.utils.errors import FacePhiError
+from facephi.utils.errors import EMPTY_PATH, FacePhiError
 
 # Each name is a module ``facephi.cli.<name>`` exposing ``register(subparsers)``; the parser it
 # adds sets ``func`` to a callable taking the parsed namespace and returning an exit code.
@@ -36,7 +36,7 @@ def _quiet_model_loading() -> None:
 def non_empty_path(text: str) -> Path:
     """A path argument; an empty one (an unset shell variable) is refused instead of meaning "."."""
     if not text:
-        raise argparse.ArgumentTypeError("an empty path names no file (an unset shell variable?)")
+        raise argparse.ArgumentTypeError(EMPTY_PATH)
     return Path(text)
 
 

@@ -36,7 +36,7 @@ import numpy as np
 
 from facephi.labels import CLASSES
 from facephi.landmarks.validate import face_problem, face_problems
-from facephi.utils.errors import FacePhiError
+from facephi.utils.errors import EMPTY_PATH, FacePhiError
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,6 @@ MAX_IMAGE_SIDE = 100_000.0
 MAX_NPY_BYTES = 1 << 30
 """Largest ``.npy`` landmark array read (1 GiB: ~190,000 float32 faces), checked from its header."""
 
-EMPTY_PATH = "an empty path names no file (an unset shell variable?)"
 
 
 # ----------------------------------------------------------------------------- request values
