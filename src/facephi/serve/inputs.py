@@ -37,6 +37,7 @@ import numpy as np
 from facephi.labels import CLASSES
 from facephi.landmarks.validate import face_problem, face_problems
 from facephi.utils.errors import EMPTY_PATH, FacePhiError
+from facephi.utils.io import read_npy_header
 
 logger = logging.getLogger(__name__)
 
@@ -107,28 +108,22 @@ def npy_problem(path: Path) -> str | None:
     """Why the ``.npy`` file at ``path`` cannot hold landmarks, from its header alone (nothing large is
     read): not a ``.npy`` file, not numeric, not ``[478, 3]`` / ``[N, 478, 3]``, more than
     :data:`MAX_NPY_BYTES`, or fewer bytes than its header declares; None when it can be loaded."""
-    from numpy.lib import format as npy_format
-
-    with open(path, "rb") as fh:
-        try:
-            major, _ = npy_format.read_magic(fh)
-            read_header = npy_format.read_array_header_1_0 if major == 1 else npy_format.read_array_header_2_0
-            shape, _, dtype = read_header(fh)
-        except (ValueError, EOFError, SyntaxError) as exc:
-            return f"unreadable .npy file ({exc})"
-        offset = fh.tell()
+    try:
+        header = read_npy_header(path)
+    except ValueError as exc:
+        return f"unreadable .npy file ({exc})"
+    shape, dtype = header.shape, header.dtype
     if dtype.kind not in "fiu":
         return f"expected a numeric array, got dtype {dtype}"
     if shape != (NUM_LANDMARKS, 3) and (len(shape) != 3 or shape[1:] != (NUM_LANDMARKS, 3)):
         return (f"wrong array shape {list(shape)}: expected [{NUM_LANDMARKS}, 3] or [N, {NUM_LANDMARKS}, 3] "
                 "raw MediaPipe landmarks")
-    declared = math.prod(shape) * dtype.itemsize
-    if declared > MAX_NPY_BYTES:
-        return (f"the array is too large ({_gigabytes(declared)} declared for shape {list(shape)}; "
+    if header.data_bytes > MAX_NPY_BYTES:
+        return (f"the array is too large ({_gigabytes(header.data_bytes)} declared for shape {list(shape)}; "
                 f"at most {_gigabytes(MAX_NPY_BYTES)} of landmarks per file)")
-    held = path.stat().st_size - offset
-    if held < declared:
-        return f"truncated .npy file: its header declares {declared:,} bytes of data, the file holds {held:,}"
+    if header.held_bytes < header.data_bytes:
+        return (f"truncated .npy file: its header declares {header.data_bytes:,} bytes of data, "
+                f"the file holds {header.held_bytes:,}")
     return None
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import tempfile
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -118,6 +120,32 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: invalid JSON ({exc})") from exc
+
+
+@dataclass(frozen=True)
+class NpyHeader:
+    """What a ``.npy`` file's header declares, and how many bytes of data the file really holds."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    data_bytes: int  # declared: product of the shape x item size
+    held_bytes: int  # in the file after the header
+
+
+def read_npy_header(path: str | os.PathLike[str]) -> NpyHeader:
+    """The header of a ``.npy`` file, read without loading its data (so a header that declares
+    gigabytes can be refused before any allocation); ``ValueError`` when it is not a ``.npy`` file."""
+    from numpy.lib import format as npy_format
+
+    with open(path, "rb") as fh:
+        try:
+            major, _ = npy_format.read_magic(fh)
+            read_header = npy_format.read_array_header_1_0 if major == 1 else npy_format.read_array_header_2_0
+            shape, _, dtype = read_header(fh)
+        except (ValueError, EOFError, SyntaxError) as exc:
+            raise ValueError(str(exc) or "not a .npy file") from None
+        held = os.fstat(fh.fileno()).st_size - fh.tell()
+    return NpyHeader(tuple(shape), dtype, math.prod(shape) * dtype.itemsize, held)
 
 
 def save_npy(path: str | os.PathLike[str], array: np.ndarray) -> None:
