@@ -224,30 +224,21 @@ def test_demo_with_only_corrupt_photos_exits_non_zero(encoder, tmp_path, capsys,
     assert lines == ["facephi demo: none of the 2 photos could be answered (see the table)"]
 
 
-def write_video(path: Path, seconds: int = 4, fps: int = 10) -> Path:
-    import av
-
-    from facephi.landmarks.images import load_image
-
-    rgb = load_image(EXAMPLES / PHOTOS[0]).rgb[:344, :344]
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = rgb.shape[1], rgb.shape[0], "yuv420p"
-        for _ in range(seconds * fps):
-            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
-
-
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory) -> tuple[Path, Path]:
+    from PIL import Image
+
+    from test_api import write_video  # 4 s at 10 frames/s
+
     folder = tmp_path_factory.mktemp("videos")
-    full = write_video(folder / "clip.mkv")
-    data = full.read_bytes()
+    full = write_video(folder / "clip.mkv", [Image.open(EXAMPLES / PHOTOS[0])], frames_each=40, rate=10)
+    import av
+
+    with av.open(str(full)) as container:  # cut the file where the packet of second 2 starts
+        cut = next(packet.pos for packet in container.demux(container.streams.video[0])
+                   if packet.pts is not None and packet.pts * packet.time_base >= 2 and packet.pos)
     truncated = folder / "cut.mkv"
-    truncated.write_bytes(data[: len(data) // 2])
+    truncated.write_bytes(full.read_bytes()[:cut])
     return full, truncated
 
 
