@@ -400,3 +400,24 @@ def test_written_files_and_folders_follow_the_umask(tmp_path):
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o640
     assert (tmp_path / "model").stat().st_mode & 0o777 == 0o750
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "model"]  # no staging left behind
+
+
+def test_a_video_in_a_folder_that_cannot_be_searched_is_an_error_row(encoder, tmp_path, monkeypatch, capsys, caplog):
+    import pathlib
+
+    locked = tmp_path / "private" / "clip.mp4"
+    np.save(tmp_path / "good.npy", raw_face())
+    stat = pathlib.Path.stat
+
+    def stat_as_user(self, *args, **kwargs):  # what a folder without search permission does to a non-root user
+        if self == locked:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return stat(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "stat", stat_as_user)
+    code, out, lines = cli(capsys, caplog, "predict", "--model", encoder, "--json", "--threads", "1",
+                           "--device", "cpu", locked, tmp_path / "good.npy")
+    assert code == 0, lines
+    rows = predict_rows(out)
+    assert rows[str(locked)]["error"] == "cannot read it (Permission denied)"
+    assert rows[str(tmp_path / "good.npy")]["predicted_class"] in CLASSES

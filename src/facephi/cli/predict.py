@@ -55,7 +55,7 @@ def _runs(inputs: list[Path]) -> Iterator[tuple[bool, list[Path]]]:
 
     group: list[Path] = []
     for path in inputs:
-        if is_video(path) and path.is_file():
+        if is_video(path) and _is_file(path):
             if group:
                 yield False, group
                 group = []
@@ -64,6 +64,14 @@ def _runs(inputs: list[Path]) -> Iterator[tuple[bool, list[Path]]]:
             group.append(path)
     if group:
         yield False, group
+
+
+def _is_file(path: Path) -> bool:
+    """Whether ``path`` is a file; one that cannot be looked at is left to the input reader to report."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def _plot_path(plot_dir: Path, video: Path, used: set[Path]) -> Path:
