@@ -135,8 +135,8 @@ def run_stage(args, stage: int, fast: bool, without: str = "") -> dict:
     if without == "one-group":
         facephi_module.PASS_OVERHEAD_TOKENS = 10 ** 9
     if without == "foreach-adamw":
-        stages.build_optimizer = lambda params, config: torch.optim.AdamW(params, lr=config.lr,
-                                                                          weight_decay=config.weight_decay)
+        stages.build_optimizer = lambda params, config: (torch.optim.AdamW(
+            params, lr=config.lr, weight_decay=config.weight_decay), "for-each")
     model = build_model(args)
     batch = args.stage1_batch if stage == 1 else args.stage2_batch
     steps = args.warmup + args.steps

@@ -246,7 +246,8 @@ def write_rng(folder: Path, rank: int) -> None:
 
 def read_checkpoint(folder: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler: Any, scaler: Any, rank: int) -> dict[str, Any]:
-    """Restore everything written by :func:`write_checkpoint` / :func:`write_rng`; return the state."""
+    """Restore everything written by :func:`write_checkpoint` / :func:`write_rng` (process ``rank``'s
+    random state included: without it the resume would not be exact); return the state."""
     for name in ("trainable.safetensors", "optimizer.safetensors", "optimizer.json",
                  "scheduler.json", STATE_FILE):
         if not (folder / name).is_file():
@@ -257,7 +258,10 @@ def read_checkpoint(folder: Path, *, model: torch.nn.Module, optimizer: torch.op
     scheduler.load_state_dict(read_json(folder / "scheduler.json"))
     if scaler is not None and (folder / "scaler.json").is_file():
         scaler.load_state_dict(read_json(folder / "scaler.json"))
-    rng_json = folder / f"rng-{rank}.json"
-    if rng_json.is_file():
-        set_rng_state(read_json(rng_json), load_file(str(folder / f"rng-{rank}.safetensors")))
+    rng_files = (folder / f"rng-{rank}.json", folder / f"rng-{rank}.safetensors")
+    for path in rng_files:
+        if not path.is_file():
+            raise FacePhiError(f"{folder}: {path.name} is missing (the random state of process {rank}; was the "
+                               "run started with fewer processes?), so the resume would not be exact")
+    set_rng_state(read_json(rng_files[0]), load_file(str(rng_files[1])))
     return read_json(folder / STATE_FILE)

@@ -88,15 +88,24 @@ def resolve_mixed_precision(value: str) -> str:
     return value
 
 
-def build_optimizer(params: list[torch.nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW; with ``fast_path`` its fused kernel (one kernel for all parameters: the same update,
-    several times faster than the default for-each kernel on the LLM of stage 2) where torch has it."""
+def build_optimizer(params: list[torch.nn.Parameter], config: TrainConfig) -> tuple[torch.optim.Optimizer, str]:
+    """AdamW and the name of its kernel (``fused`` or ``for-each``).
+
+    With ``fast_path`` the fused kernel (one kernel for all parameters: the same update, several
+    times faster than the default for-each kernel on the LLM of stage 2); where torch has none for
+    the parameters' device or dtype, the for-each kernel is used and a warning says why (the kernel
+    is recorded in ``run.json``).
+    """
     if config.fast_path:
         try:
-            return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
-        except (RuntimeError, ValueError):  # a device or dtype without the fused kernel
-            pass
-    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+            return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=True), "fused"
+        except (RuntimeError, ValueError) as exc:  # a device or dtype without the fused kernel
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            logger.warning("fused AdamW is not available here (%s); using the for-each kernel "
+                           "(the same update, slower)", reason)
+            return (torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay),
+                    f"for-each (fused unavailable: {reason})")
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay), "for-each"
 
 
 def set_train_mode(model: torch.nn.Module) -> None:
@@ -218,7 +227,7 @@ class _StageRun:
             raise FacePhiError(f"stage {config.stage}: the model has no trainable parameters")
         if hasattr(model, "fast_path"):  # FacePhiModel: shared-prefix cache in its forward
             model.fast_path = config.fast_path
-        optimizer = build_optimizer(self.params, config)
+        optimizer, self.optimizer_kernel = build_optimizer(self.params, config)
         # The scheduler is stepped by hand once per optimizer step (accelerate's wrapper would
         # step it once per process).
         self.scheduler = build_scheduler(optimizer, config.lr_schedule, config.warmup_ratio, self.total_steps)
@@ -244,7 +253,8 @@ class _StageRun:
         if acc.is_main_process:
             run_dir.mkdir(parents=True, exist_ok=True)
             write_json(run_dir / RUN_FILE, run_info(config.seed, settings=resolved, stage=config.stage,
-                                                      resumed_at_step=self.global_step))
+                                                      resumed_at_step=self.global_step,
+                                                      optimizer_kernel=self.optimizer_kernel))
 
     # -- checkpoints -------------------------------------------------------------------------
 
