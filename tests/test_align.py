@@ -222,3 +222,37 @@ def test_align_encoder_choices_are_the_pointmlp_presets():
     from facephi.model.defaults import ENCODERS
 
     assert set(ENCODERS) == set(_PRESETS)
+
+
+def test_classify_with_logit_adjustment_records_tau_and_prior(tiny_data, tmp_path, capsys):
+    from facephi.model.losses import logit_adjusted_cross_entropy
+    from facephi.train.align import ClassifyObjective
+    from facephi.train.weights import class_prior
+
+    data, _ = tiny_data
+    out = tmp_path / "adjusted"
+    args = ["align", "--data", str(data), "--objective", "classify", "--epochs", "1", "--augment", "none", *TINY]
+    assert main([*args, "--out", str(out), "--logit-adjust", "1.0", "--limit-train", "12"]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["config"]["logit_adjust"] == 1.0
+    prior = run["logit_adjustment"]["train_prior"]
+    assert run["logit_adjustment"]["tau"] == 1.0 and len(prior) == len(CLASSES) and sum(prior) == pytest.approx(1)
+    assert prior[4:] == [0.0] * 4 and all(p > 0 for p in prior[:4])  # the tiny set has 4 classes
+    assert LandmarkEncoder.from_pretrained(out).config.training["logit_adjust"] == 1.0
+    plain = tmp_path / "plain"
+    assert main([*args, "--out", str(plain)]) == 0
+    assert json.loads((plain / "run.json").read_text())["logit_adjustment"] is None
+
+    model = LandmarkEncoder.from_pretrained(out).eval()
+    points, labels = torch.rand(6, 478, 3) * 2 - 1, torch.tensor([0, 1, 2, 3, 0, 1])
+    train_prior = class_prior(np.array([0, 0, 1, 2, 3, 3]), len(CLASSES))
+    with torch.no_grad():
+        adjusted = ClassifyObjective(None, train_prior, 0.7).loss(model, points, labels)
+        assert torch.equal(adjusted, logit_adjusted_cross_entropy(model.class_logits(points), labels, train_prior, 0.7))
+        assert torch.equal(ClassifyObjective().loss(model, points, labels),
+                           torch.nn.functional.cross_entropy(model.class_logits(points), labels))
+
+    assert main(["align", "--data", str(data), "--out", str(tmp_path / "bad"), "--logit-adjust", "1"]) == 2
+    assert "logit_adjust (--logit-adjust): applies to --objective classify only" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "neg"), "--logit-adjust", "-1"]) == 2
+    assert "--logit-adjust" in capsys.readouterr().err

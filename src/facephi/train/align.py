@@ -25,11 +25,11 @@ import torch
 from torch.nn import functional as F
 
 from facephi.model.encoder import LandmarkEncoder
-from facephi.model.losses import clamp_logit_scale_, clip_contrastive_loss
+from facephi.model.losses import clamp_logit_scale_, clip_contrastive_loss, logit_adjusted_cross_entropy
 from facephi.train.config import AlignConfig
 from facephi.train.probe import encode_features, evaluate_split
 from facephi.train.schedules import lr_factor, warmup_steps
-from facephi.train.weights import class_weights
+from facephi.train.weights import class_prior, class_weights
 from facephi.utils.errors import FacePhiError
 
 logger = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ LAST_DIR = "last"
 
 # Arguments that must not change when a run is resumed.
 _RESUME_FIXED = ("data", "objective", "encoder", "encoder_options", "batch_size", "limit_train", "limit_valid",
-                 "limit_test", "limit_policy", "augment", "seed", "text_tower", "class_weights")
+                 "limit_test", "limit_policy", "augment", "seed", "text_tower", "class_weights", "logit_adjust")
 
 
 # ---------------------------------------------------------------------------- objectives
@@ -58,15 +58,22 @@ class AlignObjective:
 
 
 class ClassifyObjective:
-    """Cross-entropy on the linear classifier, optionally class-weighted."""
+    """Cross-entropy on the linear classifier, optionally class-weighted and logit-adjusted
+    (``tau * log prior`` added to the logits, :func:`facephi.model.losses.logit_adjusted_cross_entropy`)."""
 
     name = "classify"
 
-    def __init__(self, class_weights: torch.Tensor | None = None) -> None:
-        self.class_weights = class_weights
+    def __init__(self, class_weights: torch.Tensor | None = None, prior: torch.Tensor | None = None,
+                 tau: float = 0.0) -> None:
+        if tau and prior is None:
+            raise ValueError("logit adjustment needs the class prior")
+        self.class_weights, self.prior, self.tau = class_weights, prior, tau
 
     def loss(self, model: LandmarkEncoder, points: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(model.class_logits(points), labels, weight=self.class_weights)
+        logits = model.class_logits(points)
+        if not self.tau:
+            return F.cross_entropy(logits, labels, weight=self.class_weights)
+        return logit_adjusted_cross_entropy(logits, labels, self.prior, self.tau, weight=self.class_weights)
 
     def after_step(self, model: LandmarkEncoder) -> None:
         pass
@@ -246,7 +253,8 @@ def train_encoder(config: AlignConfig, progress: bool = True) -> dict[str, Any]:
     else:
         weights = (None if config.class_weights == "none"
                    else class_weights(train_set.labels, len(classes), config.class_weights))
-        objective = ClassifyObjective(weights)
+        prior = class_prior(train_set.labels, len(classes)) if config.logit_adjust else None
+        objective = ClassifyObjective(weights, prior, config.logit_adjust)
     optimizer = torch.optim.AdamW(_parameter_groups(model, config.weight_decay), lr=config.lr)
     sampler = EpochBatchSampler(len(train_set), config.batch_size, seed=config.seed)
     loader = DataLoader(train_set, batch_sampler=sampler, num_workers=0)
@@ -264,12 +272,16 @@ def train_encoder(config: AlignConfig, progress: bool = True) -> dict[str, Any]:
         "objective": config.objective, "encoder": config.encoder,
         "encoder_options": config.encoder_options, "epochs": config.epochs,
         "batch_size": config.batch_size, "lr": config.lr, "weight_decay": config.weight_decay,
-        "lr_schedule": config.lr_schedule, "class_weights": config.class_weights, "augment": config.augment,
+        "lr_schedule": config.lr_schedule, "class_weights": config.class_weights,
+        "logit_adjust": config.logit_adjust, "augment": config.augment,
         "seed": config.seed, "data": str(config.data), "split_sizes": sizes,
         "select_metric": config.select_metric,
     }
+    logit_adjustment = ({"tau": config.logit_adjust, "train_prior": [round(float(p), 6) for p in objective.prior]}
+                        if isinstance(objective, ClassifyObjective) and objective.tau else None)
     write_json(out / "run.json", run_info(config.seed, config=config.to_dict(), split_sizes=sizes,
-                                          parameters=sum(p.numel() for p in model.parameters())))
+                                          parameters=sum(p.numel() for p in model.parameters()),
+                                          logit_adjustment=logit_adjustment))
 
     for epoch in range(start_epoch, config.epochs):
         train_set.set_epoch(epoch)

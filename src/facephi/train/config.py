@@ -61,6 +61,10 @@ class AlignConfig(Config):
     class_weights: str = setting("none", choices=CLASS_WEIGHTS,
                                  help="cross-entropy class weights (classify only): balanced = inverse class "
                                       "frequency, sqrt = its square root")
+    logit_adjust: float = setting(0.0, min=0, metavar="TAU",
+                                  help="classify only: logit-adjusted cross-entropy (Menon et al. 2021), "
+                                       "CE(logits + TAU * log prior) with the class prior of the training subset; "
+                                       "0 = plain cross-entropy")
     limit_train: int | None = setting(None, min=1, unlimited=True, help="training samples (see --limit-policy)")
     limit_valid: int | None = setting(None, min=1, unlimited=True, help="validation samples (see --limit-policy)")
     limit_test: int | None = setting(None, min=1, unlimited=True, help="test samples (see --limit-policy)")
@@ -87,6 +91,8 @@ class AlignConfig(Config):
     def check(self) -> None:
         if self.class_weights != "none" and self.objective != "classify":
             raise self.error("class_weights", f"{self.class_weights} applies to --objective classify only")
+        if self.logit_adjust and self.objective != "classify":
+            raise self.error("logit_adjust", "applies to --objective classify only")
         if self.limit_train is not None and self.limit_train < self.batch_size:
             raise self.error("limit_train", f"must be >= batch_size ({self.batch_size}), got {self.limit_train}")
         if self.resume and self.overwrite:
