@@ -111,7 +111,7 @@ def _settings(info: dict) -> str:
     """One line describing how an encoder was trained, from its ``run.json``."""
     from facephi.train.config import augmentation_name
 
-    config, sizes = info["config"], info["split_sizes"]
+    config, sizes = info["settings"]["align"], info["split_sizes"]
     weights = f", {config['class_weights']} class weights" if config["objective"] == "classify" else ""
     return (f"encoder {config['encoder']} {json.dumps(config['encoder_options'])}, AdamW lr {config['lr']:g} "
             f"({config['lr_schedule']}), {config['epochs']} epoch(s) over {sizes['train']} training faces, "

@@ -96,9 +96,12 @@ def test_align_end_to_end_resume_and_errors(tiny_data, tmp_path, capsys):
     straight = tmp_path / "straight"
     assert main([*common, "--out", str(straight), "--epochs", "3"]) == 0
     assert "test zero-shot: accuracy" in capsys.readouterr().out
+    last = straight / "checkpoints" / "step-0000012"  # 3 epochs of 4 steps: the training loop's checkpoint
     for name in ("config.json", "model.safetensors", "metrics.json", "run.json", "last/optimizer.safetensors",
-                 "last/rng.safetensors", "last/trainer_state.json", "last/model.safetensors"):
-        assert (straight / name).is_file(), name
+                 "last/rng-0.safetensors", "last/trainer_state.json", "last/trainable.safetensors",
+                 "last/scheduler.json"):
+        assert (last.parent.parent / name.replace("last", f"checkpoints/{last.name}")).is_file(), name
+    assert [p.name for p in last.parent.iterdir()] == [last.name]  # older epochs' checkpoints pruned
     metrics = json.loads((straight / "metrics.json").read_text())
     assert [r["epoch"] for r in metrics["history"]] == [1, 2, 3]
     assert set(metrics["test"]) >= {"accuracy", "balanced_accuracy", "probe_accuracy"}
@@ -108,7 +111,7 @@ def test_align_end_to_end_resume_and_errors(tiny_data, tmp_path, capsys):
     assert model.config.metrics["best_epoch"] == metrics["best"]["epoch"]
     assert model.normalizer is not None and model.normalizer.template.shape == (478, 3)
     run = json.loads((straight / "run.json").read_text())
-    assert run["seed"] == 0 and run["config"]["epochs"] == 3 and "torch" in run["versions"]
+    assert run["seed"] == 0 and run["settings"]["align"]["epochs"] == 3 and "torch" in run["versions"]
 
     # an existing checkpoint is not overwritten by accident
     assert main([*common, "--out", str(straight), "--epochs", "3"]) == 2
@@ -117,10 +120,6 @@ def test_align_end_to_end_resume_and_errors(tiny_data, tmp_path, capsys):
     # 2 epochs, then resume to 3: the same trajectory as 3 epochs straight
     resumed = tmp_path / "resumed"
     assert main([*common, "--out", str(resumed), "--epochs", "2"]) == 0
-    state_path = resumed / "last" / "trainer_state.json"  # as written before --augment took names
-    state = json.loads(state_path.read_text())
-    state["config"]["augment"] = False
-    state_path.write_text(json.dumps(state))
     assert main([*common, "--out", str(resumed), "--epochs", "3", "--resume"]) == 0
     history = json.loads((resumed / "metrics.json").read_text())["history"]
     assert [r["epoch"] for r in history] == [1, 2, 3]
@@ -128,7 +127,9 @@ def test_align_end_to_end_resume_and_errors(tiny_data, tmp_path, capsys):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
         assert a["valid"]["accuracy"] == b["valid"]["accuracy"]
     assert main([*common, "--out", str(resumed), "--epochs", "3", "--resume", "--seed", "1"]) == 2
-    assert "different --seed" in capsys.readouterr().err
+    assert "started with other settings (seed)" in capsys.readouterr().err
+    assert main([*common, "--out", str(resumed), "--epochs", "3", "--resume", "--lr", "1e-2"]) == 2
+    assert "started with other settings (lr)" in capsys.readouterr().err
 
 
 def test_classify_with_balanced_weights_and_bad_arguments(tiny_data, tmp_path, capsys):
@@ -234,7 +235,7 @@ def test_classify_with_logit_adjustment_records_tau_and_prior(tiny_data, tmp_pat
     args = ["align", "--data", str(data), "--objective", "classify", "--epochs", "1", "--augment", "none", *TINY]
     assert main([*args, "--out", str(out), "--logit-adjust", "1.0", "--limit-train", "12"]) == 0
     run = json.loads((out / "run.json").read_text())
-    assert run["config"]["logit_adjust"] == 1.0
+    assert run["settings"]["align"]["logit_adjust"] == 1.0
     prior = run["logit_adjustment"]["train_prior"]
     assert run["logit_adjustment"]["tau"] == 1.0 and len(prior) == len(CLASSES) and sum(prior) == pytest.approx(1)
     assert prior[4:] == [0.0] * 4 and all(p > 0 for p in prior[:4])  # the tiny set has 4 classes

@@ -20,7 +20,8 @@ from facephi.model.defaults import DEFAULT_LLM, DEFAULT_TEXT_TOWER, ENCODERS
 OBJECTIVES = ("align", "classify")
 LR_SCHEDULES = ("constant", "cosine", "linear")
 """Learning-rate schedules of both training commands: after ``warmup_ratio`` of the steps with a
-linear warm-up, constant, cosine decay to 0 or linear decay to 0 (see :mod:`facephi.train.schedules`)."""
+linear warm-up, constant, cosine decay to 0 or linear decay to 0 (``transformers.get_scheduler``, see
+:func:`facephi.train.loop.build_scheduler`)."""
 CLASS_WEIGHTS = ("none", "balanced", "sqrt")
 SELECT_METRICS = ("accuracy", "balanced_accuracy", "probe_accuracy", "probe_balanced_accuracy")
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
@@ -81,7 +82,7 @@ class AlignConfig(Config):
                               help="frozen text encoder of --objective align")
     select_metric: str = setting("accuracy", choices=SELECT_METRICS, help="Valid metric that picks the best epoch")
     eval_batch_size: int = setting(256, min=1, help="samples per evaluation batch")
-    resume: bool = setting(False, help="continue the run in --out from OUT/last")
+    resume: bool = setting(False, help="continue the run in --out from its last checkpoint (OUT/checkpoints)")
     overwrite: bool = setting(False, help="replace a checkpoint already in --out")
 
     def __post_init__(self) -> None:
@@ -125,7 +126,7 @@ class TrainConfig(Config):
     grad_accum: int = setting(1, min=1, help="micro-batches per optimizer step (memory)")
     lr: float = setting(2.5e-3, above=0, help="peak learning rate (AdamW)")
     epochs: int = setting(3, min=1, help="passes over the training subset")
-    weight_decay: float = setting(0.0, min=0, help="AdamW weight decay")
+    weight_decay: float = setting(0.0, min=0, help="AdamW weight decay (matrices only)")
     warmup_ratio: float = setting(0.03, min=0, max=0.5, help="fraction of the steps with linear warm-up")
     lr_schedule: str = setting("cosine", choices=LR_SCHEDULES, help="learning-rate schedule after warm-up")
     max_grad_norm: float | None = setting(1.0, above=0, unlimited=True, help="gradient clipping norm ('all': none)")
