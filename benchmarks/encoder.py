@@ -109,14 +109,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _settings(info: dict) -> str:
     """One line describing how an encoder was trained, from its ``run.json``."""
-    from facephi.train.config import augmentation_name
-
     config, sizes = info["settings"]["align"], info["split_sizes"]
     weights = f", {config['class_weights']} class weights" if config["objective"] == "classify" else ""
     return (f"encoder {config['encoder']} {json.dumps(config['encoder_options'])}, AdamW lr {config['lr']:g} "
             f"({config['lr_schedule']}), {config['epochs']} epoch(s) over {sizes['train']} training faces, "
             f"batch {config['batch_size']}, augmentation "
-            f"{augmentation_name(config['augment'])}{weights}; "
+            f"{config['augment']}{weights}; "
             f"epoch chosen on {sizes['valid']} Valid faces")
 
 

@@ -219,10 +219,20 @@ def test_class_weights_balanced_and_sqrt():
 
 
 def test_align_encoder_choices_are_the_pointmlp_presets():
-    from facephi.model.pointmlp import _PRESETS
-    from facephi.model.defaults import ENCODERS
+    import dataclasses
 
-    assert set(ENCODERS) == set(_PRESETS)
+    from facephi.model.pointmlp import PointMLPConfig
+    from facephi.presets import ENCODERS, POINTMLP_PRESETS
+    from facephi.train.config import AlignConfig
+    from facephi.utils.errors import FacePhiError
+
+    choices = next(f for f in dataclasses.fields(AlignConfig) if f.name == "encoder").metadata["choices"]
+    assert ENCODERS == tuple(POINTMLP_PRESETS) == choices
+    elite = PointMLPConfig.preset("pointmlp-elite")
+    elite.dim_expansion.append(9)  # a preset's lists are the config's own, the registry is untouched
+    assert PointMLPConfig.preset("pointmlp-elite").dim_expansion == [2, 2, 2, 1]
+    with pytest.raises(FacePhiError, match="unknown PointMLP preset 'x'; choose one of pointmlp, pointmlp-elite"):
+        PointMLPConfig.preset("x")
 
 
 def test_classify_with_logit_adjustment_records_tau_and_prior(tiny_data, tmp_path, capsys):

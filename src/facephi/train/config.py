@@ -15,9 +15,8 @@ from typing import Any
 from facephi.config import Config, setting
 from facephi.landmarks.augment import AUGMENTATIONS
 from facephi.landmarks.store import SUBSET_POLICIES
-from facephi.model.defaults import DEFAULT_LLM, DEFAULT_TEXT_TOWER, ENCODERS
-
-OBJECTIVES = ("align", "classify")
+from facephi.model.defaults import DEFAULT_LLM, DEFAULT_TEXT_TOWER
+from facephi.presets import ENCODERS, OBJECTIVES, STAGE_PRESETS
 LR_SCHEDULES = ("constant", "cosine", "linear")
 """Learning-rate schedules of both training commands: after ``warmup_ratio`` of the steps with a
 linear warm-up, constant, cosine decay to 0 or linear decay to 0 (``transformers.get_scheduler``, see
@@ -29,15 +28,6 @@ ANSWER_LABELS = ("plurality", "votes")
 """Which class a training answer names: the face's label (the plurality of its votes), or a class
 drawn from its crowd votes (FER+), a new draw per face and epoch: in expectation the loss is the
 vote-weighted mean of the classes' answer losses, i.e. the votes as soft targets."""
-PRESETS = ("paper", "cpu")
-
-
-def augmentation_name(value: str | bool) -> str:
-    """``augment`` value; the older boolean form (runs written before ``--augment mirror``) maps
-    True / False to "full" / "none"."""
-    if isinstance(value, bool):
-        return "full" if value else "none"
-    return value
 
 
 @dataclass
@@ -85,10 +75,6 @@ class AlignConfig(Config):
     resume: bool = setting(False, help="continue the run in --out from its last checkpoint (OUT/checkpoints)")
     overwrite: bool = setting(False, help="replace a checkpoint already in --out")
 
-    def __post_init__(self) -> None:
-        self.augment = augmentation_name(self.augment)
-        super().__post_init__()
-
     def check(self) -> None:
         if self.class_weights != "none" and self.objective != "classify":
             raise self.error("class_weights", f"{self.class_weights} applies to --objective classify only")
@@ -118,8 +104,6 @@ class TrainConfig(Config):
     sizes, learning rates, AdamW and epochs only; warm-up (3 %), cosine decay, no weight decay
     and clipping at norm 1 follow LLaVA's recipe, which the paper cites for its two stages.
     """
-
-    LEGACY_KEYS = {"num_threads": "threads", "scheduler": "lr_schedule", "max_length": None}
 
     stage: int = setting(1, choices=(1, 2), cli=False, help="1: projector only; 2: projector + LLM")
     batch_size: int = setting(48, min=1, help="samples per optimizer step, all processes together")
@@ -199,7 +183,7 @@ class TrainCommand(Config):
     max_length: int | None = setting(None, min=16, max=4096,
                                      help="token length of the training sequences, stored in the model's config "
                                           "(stage 1 default: 128; stage 2 default: the --init model's)")
-    preset: str | None = setting(None, choices=PRESETS,
+    preset: str | None = setting(None, choices=tuple(STAGE_PRESETS),
                                  help="starting hyper-parameters (default: paper with a GPU, cpu without)")
     resume: bool = setting(False, help="continue the run in --out from its last checkpoint")
     stop_after: int | None = setting(None, min=1, metavar="N",
