@@ -267,3 +267,19 @@ def test_classify_with_logit_adjustment_records_tau_and_prior(tiny_data, tmp_pat
     assert "logit_adjust (--logit-adjust): applies to --objective classify only" in capsys.readouterr().err
     assert main([*args, "--out", str(tmp_path / "neg"), "--logit-adjust", "-1"]) == 2
     assert "--logit-adjust" in capsys.readouterr().err
+
+
+def test_limit_policy_balanced_draws_balanced_subsets(tiny_data):
+    from facephi.landmarks.store import LandmarkSet
+    from facephi.train.align import split_indices
+    from facephi.train.config import AlignConfig
+
+    data, _ = tiny_data
+    landmark_set = LandmarkSet.load(data)
+    base = dict(data=str(data), out="unused", batch_size=8, limit_train=12, limit_valid=4)
+    balanced = split_indices(landmark_set, AlignConfig(**base, limit_policy="balanced"))
+    assert np.bincount(landmark_set.labels[balanced["train"]], minlength=4)[:4].tolist() == [3, 3, 3, 3]
+    assert np.bincount(landmark_set.labels[balanced["valid"]], minlength=4)[:4].tolist() == [1, 1, 1, 1]
+    random = split_indices(landmark_set, AlignConfig(**base, limit_policy="random"))
+    assert random["train"].tolist() == sorted(
+        np.random.default_rng([0, 7, 0]).choice(landmark_set.select("train"), 12, replace=False).tolist())

@@ -87,12 +87,12 @@ class _Split:
 
 def split_indices(landmark_set: Any, config: AlignConfig) -> dict[str, np.ndarray]:
     """Labelled samples of the standard train/valid/test splits (``LandmarkSet.select``, the same
-    split for every seed and command); ``limit_*`` keep a seeded random subset of a split
-    (independent of the other splits' limits). Invalid faces are refused by ``LandmarkSet.load``."""
+    split for every seed and command); ``limit_*`` keep a subset of a split drawn by ``limit_policy``
+    (seeded, independent of the other splits' limits). Invalid faces are refused by ``LandmarkSet.load``."""
     out: dict[str, np.ndarray] = {}
     for number, name in enumerate(("train", "valid", "test")):
         limit = {"train": config.limit_train, "valid": config.limit_valid, "test": config.limit_test}[name]
-        out[name] = landmark_set.select(name, limit, "random", seed=[config.seed, 7, number])
+        out[name] = landmark_set.select(name, limit, config.limit_policy, seed=[config.seed, 7, number])
     if len(out["train"]) < config.batch_size:
         raise FacePhiError(
             f"{config.data}: {len(out['train'])} training samples, fewer than --batch-size {config.batch_size}"
