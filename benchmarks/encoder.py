@@ -157,7 +157,7 @@ def write_report(path: Path, args, results: dict, baseline: dict, sizes: dict, r
         "|---|---|---|---|---|",
         enc_row("(a) aligned encoder, zero-shot", align, "accuracy", "balanced_accuracy"),
         enc_row("(b) linear probe on aligned features", align, "probe_accuracy", "probe_balanced_accuracy"),
-        enc_row(f"(c) classification encoder ({run_info['classify']['config']['class_weights']} class weights)",
+        enc_row(f"(c) classification encoder ({run_info['classify']['settings']['align']['class_weights']} class weights)",
                 classify, "accuracy", "balanced_accuracy"),
         enc_row("(c') linear probe on classification features", classify, "probe_accuracy", "probe_balanced_accuracy"),
         lr_row("(d) logistic regression, flattened landmarks", baseline["none"], "test"),
