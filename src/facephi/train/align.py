@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,13 +76,6 @@ class ClassifyObjective:
 
 
 # ---------------------------------------------------------------------------- data and model
-
-@dataclass
-class _Split:
-    indices: np.ndarray
-    points: np.ndarray
-    labels: np.ndarray
-
 
 def split_indices(landmark_set: Any, config: AlignConfig) -> dict[str, np.ndarray]:
     """Labelled samples of the standard train/valid/test splits (``LandmarkSet.select``, the same

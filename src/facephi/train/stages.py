@@ -1,4 +1,5 @@
-"""Two-stage training of the FacePhi LLM under HF ``accelerate`` (`facephi train`).
+"""Two-stage training of the FacePhi LLM (`facephi train`): the training loop of
+:mod:`facephi.train.loop` with the model's next-token loss, under HF ``accelerate``.
 
 Stage 1 freezes the LLM and the landmark encoder and trains the projector; stage 2 also
 trains the LLM (full fine-tuning, or a LoRA adapter). The same code runs on one CPU, one GPU
