@@ -109,14 +109,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _settings(info: dict) -> str:
     """One line describing how an encoder was trained, from its ``run.json``."""
-    from facephi.train.config import augmentation_name
-
-    config, sizes = info["config"], info["split_sizes"]
+    config, sizes = info["settings"]["align"], info["split_sizes"]
     weights = f", {config['class_weights']} class weights" if config["objective"] == "classify" else ""
     return (f"encoder {config['encoder']} {json.dumps(config['encoder_options'])}, AdamW lr {config['lr']:g} "
             f"({config['lr_schedule']}), {config['epochs']} epoch(s) over {sizes['train']} training faces, "
             f"batch {config['batch_size']}, augmentation "
-            f"{augmentation_name(config['augment'])}{weights}; "
+            f"{config['augment']}{weights}; "
             f"epoch chosen on {sizes['valid']} Valid faces")
 
 
@@ -159,7 +157,7 @@ def write_report(path: Path, args, results: dict, baseline: dict, sizes: dict, r
         "|---|---|---|---|---|",
         enc_row("(a) aligned encoder, zero-shot", align, "accuracy", "balanced_accuracy"),
         enc_row("(b) linear probe on aligned features", align, "probe_accuracy", "probe_balanced_accuracy"),
-        enc_row(f"(c) classification encoder ({run_info['classify']['config']['class_weights']} class weights)",
+        enc_row(f"(c) classification encoder ({run_info['classify']['settings']['align']['class_weights']} class weights)",
                 classify, "accuracy", "balanced_accuracy"),
         enc_row("(c') linear probe on classification features", classify, "probe_accuracy", "probe_balanced_accuracy"),
         lr_row("(d) logistic regression, flattened landmarks", baseline["none"], "test"),

@@ -6,7 +6,7 @@
 One run measures, on the same batches and from the same starting weights:
 
 * stage 1 (projector; frozen LLM) and stage 2 (full fine-tuning) optimizer steps of the real
-  training loop (``train.stages._StageRun.train_step``: accelerate, AdamW, schedule, clipping) with
+  training loop (``train.loop.TrainingLoop.train_step``: accelerate, AdamW, schedule, clipping) with
   ``TrainConfig(fast_path=False)`` (the plain loop) and ``fast_path=True``, one process each, in the
   order plain, fast, fast, plain (a slow drift of a shared machine evens out); ``--warmup`` steps
   are not timed. The losses of both are compared step by step;
@@ -128,15 +128,15 @@ def run_stage(args, stage: int, fast: bool, without: str = "") -> dict:
     import torch
 
     import facephi.model.facephi as facephi_module
-    import facephi.train.stages as stages
+    import facephi.train.loop as loop
     from facephi.train.config import TrainConfig
     from facephi.train.stages import _StageRun, collate_train, set_train_mode
 
     if without == "one-group":
         facephi_module.PASS_OVERHEAD_TOKENS = 10 ** 9
     if without == "foreach-adamw":
-        stages.build_optimizer = lambda params, config: torch.optim.AdamW(params, lr=config.lr,
-                                                                          weight_decay=config.weight_decay)
+        loop.build_optimizer = lambda params, settings: (torch.optim.AdamW(
+            loop.parameter_groups(params, settings.weight_decay), lr=settings.lr), "for-each")
     model = build_model(args)
     batch = args.stage1_batch if stage == 1 else args.stage2_batch
     steps = args.warmup + args.steps
@@ -152,7 +152,7 @@ def run_stage(args, stage: int, fast: bool, without: str = "") -> dict:
             if step == args.warmup:
                 usage, memory = Usage(), PeakMemory().__enter__()
             tic = time.perf_counter()
-            losses.append(float(run.train_step(iter([micro_batch]))))
+            losses.append(float(run.loop.train_step(iter([micro_batch]), run.loss)))
             seconds.append(time.perf_counter() - tic)
         memory.__exit__()
     measured = sum(seconds[args.warmup:])

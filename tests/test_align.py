@@ -96,9 +96,13 @@ def test_align_end_to_end_resume_and_errors(tiny_data, tmp_path, capsys):
     straight = tmp_path / "straight"
     assert main([*common, "--out", str(straight), "--epochs", "3"]) == 0
     assert "test zero-shot: accuracy" in capsys.readouterr().out
-    for name in ("config.json", "model.safetensors", "metrics.json", "run.json", "last/optimizer.safetensors",
-                 "last/rng.safetensors", "last/trainer_state.json", "last/model.safetensors"):
+    for name in ("config.json", "model.safetensors", "metrics.json", "run.json"):
         assert (straight / name).is_file(), name
+    last = straight / "checkpoints" / "step-0000012"  # 3 epochs of 4 steps: the training loop's checkpoint
+    for name in ("optimizer.safetensors", "rng-0.safetensors", "trainer_state.json", "trainable.safetensors",
+                 "scheduler.json"):
+        assert (last / name).is_file(), name
+    assert [p.name for p in last.parent.iterdir()] == [last.name]  # older epochs' checkpoints pruned
     metrics = json.loads((straight / "metrics.json").read_text())
     assert [r["epoch"] for r in metrics["history"]] == [1, 2, 3]
     assert set(metrics["test"]) >= {"accuracy", "balanced_accuracy", "probe_accuracy"}
@@ -108,7 +112,7 @@ def test_align_end_to_end_resume_and_errors(tiny_data, tmp_path, capsys):
     assert model.config.metrics["best_epoch"] == metrics["best"]["epoch"]
     assert model.normalizer is not None and model.normalizer.template.shape == (478, 3)
     run = json.loads((straight / "run.json").read_text())
-    assert run["seed"] == 0 and run["config"]["epochs"] == 3 and "torch" in run["versions"]
+    assert run["seed"] == 0 and run["settings"]["align"]["epochs"] == 3 and "torch" in run["versions"]
 
     # an existing checkpoint is not overwritten by accident
     assert main([*common, "--out", str(straight), "--epochs", "3"]) == 2
@@ -117,10 +121,6 @@ def test_align_end_to_end_resume_and_errors(tiny_data, tmp_path, capsys):
     # 2 epochs, then resume to 3: the same trajectory as 3 epochs straight
     resumed = tmp_path / "resumed"
     assert main([*common, "--out", str(resumed), "--epochs", "2"]) == 0
-    state_path = resumed / "last" / "trainer_state.json"  # as written before --augment took names
-    state = json.loads(state_path.read_text())
-    state["config"]["augment"] = False
-    state_path.write_text(json.dumps(state))
     assert main([*common, "--out", str(resumed), "--epochs", "3", "--resume"]) == 0
     history = json.loads((resumed / "metrics.json").read_text())["history"]
     assert [r["epoch"] for r in history] == [1, 2, 3]
@@ -128,7 +128,9 @@ def test_align_end_to_end_resume_and_errors(tiny_data, tmp_path, capsys):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
         assert a["valid"]["accuracy"] == b["valid"]["accuracy"]
     assert main([*common, "--out", str(resumed), "--epochs", "3", "--resume", "--seed", "1"]) == 2
-    assert "different --seed" in capsys.readouterr().err
+    assert "started with other settings (seed)" in capsys.readouterr().err
+    assert main([*common, "--out", str(resumed), "--epochs", "3", "--resume", "--lr", "1e-2"]) == 2
+    assert "started with other settings (lr)" in capsys.readouterr().err
 
 
 def test_classify_with_balanced_weights_and_bad_arguments(tiny_data, tmp_path, capsys):
@@ -218,7 +220,67 @@ def test_class_weights_balanced_and_sqrt():
 
 
 def test_align_encoder_choices_are_the_pointmlp_presets():
-    from facephi.model.pointmlp import _PRESETS
-    from facephi.model.defaults import ENCODERS
+    import dataclasses
 
-    assert set(ENCODERS) == set(_PRESETS)
+    from facephi.model.pointmlp import PointMLPConfig
+    from facephi.presets import ENCODERS, POINTMLP_PRESETS
+    from facephi.train.config import AlignConfig
+    from facephi.utils.errors import FacePhiError
+
+    choices = next(f for f in dataclasses.fields(AlignConfig) if f.name == "encoder").metadata["choices"]
+    assert ENCODERS == tuple(POINTMLP_PRESETS) == choices
+    elite = PointMLPConfig.preset("pointmlp-elite")
+    elite.dim_expansion.append(9)  # a preset's lists are the config's own, the registry is untouched
+    assert PointMLPConfig.preset("pointmlp-elite").dim_expansion == [2, 2, 2, 1]
+    with pytest.raises(FacePhiError, match="unknown PointMLP preset 'x'; choose one of pointmlp, pointmlp-elite"):
+        PointMLPConfig.preset("x")
+
+
+def test_classify_with_logit_adjustment_records_tau_and_prior(tiny_data, tmp_path, capsys):
+    from facephi.model.losses import logit_adjusted_cross_entropy
+    from facephi.train.align import ClassifyObjective
+    from facephi.train.weights import class_prior
+
+    data, _ = tiny_data
+    out = tmp_path / "adjusted"
+    args = ["align", "--data", str(data), "--objective", "classify", "--epochs", "1", "--augment", "none", *TINY]
+    assert main([*args, "--out", str(out), "--logit-adjust", "1.0", "--limit-train", "12"]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["settings"]["align"]["logit_adjust"] == 1.0
+    prior = run["logit_adjustment"]["train_prior"]
+    assert run["logit_adjustment"]["tau"] == 1.0 and len(prior) == len(CLASSES) and sum(prior) == pytest.approx(1)
+    assert prior[4:] == [0.0] * 4 and all(p > 0 for p in prior[:4])  # the tiny set has 4 classes
+    assert LandmarkEncoder.from_pretrained(out).config.training["logit_adjust"] == 1.0
+    plain = tmp_path / "plain"
+    assert main([*args, "--out", str(plain)]) == 0
+    assert json.loads((plain / "run.json").read_text())["logit_adjustment"] is None
+
+    model = LandmarkEncoder.from_pretrained(out).eval()
+    points, labels = torch.rand(6, 478, 3) * 2 - 1, torch.tensor([0, 1, 2, 3, 0, 1])
+    train_prior = class_prior(np.array([0, 0, 1, 2, 3, 3]), len(CLASSES))
+    with torch.no_grad():
+        adjusted = ClassifyObjective(None, train_prior, 0.7).loss(model, points, labels)
+        assert torch.equal(adjusted, logit_adjusted_cross_entropy(model.class_logits(points), labels, train_prior, 0.7))
+        assert torch.equal(ClassifyObjective().loss(model, points, labels),
+                           torch.nn.functional.cross_entropy(model.class_logits(points), labels))
+
+    assert main(["align", "--data", str(data), "--out", str(tmp_path / "bad"), "--logit-adjust", "1"]) == 2
+    assert "logit_adjust (--logit-adjust): applies to --objective classify only" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "neg"), "--logit-adjust", "-1"]) == 2
+    assert "--logit-adjust" in capsys.readouterr().err
+
+
+def test_limit_policy_balanced_draws_balanced_subsets(tiny_data):
+    from facephi.landmarks.store import LandmarkSet
+    from facephi.train.align import split_indices
+    from facephi.train.config import AlignConfig
+
+    data, _ = tiny_data
+    landmark_set = LandmarkSet.load(data)
+    base = dict(data=str(data), out="unused", batch_size=8, limit_train=12, limit_valid=4)
+    balanced = split_indices(landmark_set, AlignConfig(**base, limit_policy="balanced"))
+    assert np.bincount(landmark_set.labels[balanced["train"]], minlength=4)[:4].tolist() == [3, 3, 3, 3]
+    assert np.bincount(landmark_set.labels[balanced["valid"]], minlength=4)[:4].tolist() == [1, 1, 1, 1]
+    random = split_indices(landmark_set, AlignConfig(**base, limit_policy="random"))
+    assert random["train"].tolist() == sorted(
+        np.random.default_rng([0, 7, 0]).choice(landmark_set.select("train"), 12, replace=False).tolist())

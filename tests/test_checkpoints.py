@@ -166,7 +166,7 @@ def test_encoder_folders_and_kind_mismatches(copy, tmp_path):
 
     align_run = write_encoder(tmp_path / "align")  # `facephi align` output: the folder is the encoder
     (align_run / "run.json").write_text("{}")
-    (align_run / "last").mkdir()
+    (align_run / "checkpoints" / "step-0000004").mkdir(parents=True)
     assert check_model_dir(align_run, "--encoder") == ENCODER
     assert LandmarkEncoder.from_pretrained(align_run).objective == "classify"
     assert one_line_error(LandmarkEncoder.from_pretrained, copy) == (
@@ -193,3 +193,28 @@ def test_atomic_dir_replaces_on_success_and_keeps_the_old_folder_on_error(tmp_pa
         (staging / "b.txt").write_text("second")
     assert [p.name for p in target.iterdir()] == ["b.txt"]  # the old content is gone, not merged
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_the_kind_is_read_from_config_type_never_guessed_from_fields(copy):
+    config = json.loads((copy / "config.json").read_text())
+    del config["config_type"]  # llm + projector fields alone no longer make a FacePhi model
+    (copy / "config.json").write_text(json.dumps(config))
+    assert one_line_error(checkpoint_type, copy) == (
+        f"{copy / 'config.json'}: config_type None is neither a FacePhi model ('facephi') nor a landmark "
+        "encoder ('facephi-landmark-encoder')")
+    config["model_type"] = "facephi"  # nor from model_type
+    (copy / "config.json").write_text(json.dumps(config))
+    assert "config_type None is neither" in one_line_error(checkpoint_type, copy)
+
+
+def test_the_shipped_model_and_its_encoder_still_check_and_load():
+    from pathlib import Path
+
+    from facephi.model.encoder import LandmarkEncoder
+
+    shipped = Path(__file__).resolve().parents[1] / "models" / "facephi-smollm2-ferplus"
+    assert check_model_dir(shipped) == FACEPHI
+    assert check_model_dir(shipped / "encoder", "--encoder") == ENCODER
+    encoder = LandmarkEncoder.from_pretrained(shipped / "encoder")
+    assert encoder.config.objective in ("align", "classify") and encoder.normalizer is not None
+    assert FacePhiConfig.from_dict(json.loads((shipped / "config.json").read_text())).llm

@@ -25,8 +25,6 @@ class Inner(Config):
 
 @dataclasses.dataclass
 class Example(Config):
-    LEGACY_KEYS = {"old_rate": "rate", "gone": None}
-
     path: Path = setting(help="a path")
     rate: float = setting(0.5, above=0, max=1, help="a rate")
     limit: int | None = setting(None, min=1, unlimited=True, help="a limit")
@@ -58,13 +56,14 @@ def test_validation_names_the_field_and_flag(changes, message):
         Example(path=Path("x")).replace(rat=1)
 
 
-def test_json_round_trip_legacy_keys_and_unknown_keys():
+def test_json_round_trip_and_unknown_keys():
     example = Example(path="data", limit=None, inner=Inner(size=5))
     assert example.path == Path("data")  # text becomes a Path
     data = example.to_dict()
     assert data["path"] == "data" and data["inner"] == {"size": 5}
     assert Example.from_dict(data) == example
-    assert Example.from_dict({"path": "data", "old_rate": 0.25, "gone": 1}).rate == 0.25
+    with pytest.raises(FacePhiError, match=r"unknown Example field\(s\) gone, old_rate"):  # no renamed keys
+        Example.from_dict({"path": "data", "old_rate": 0.25, "gone": 1})
     with pytest.raises(FacePhiError, match=r"run.json: unknown Example field\(s\) typo"):
         Example.from_dict({"path": "p", "typo": 1}, source="run.json")
     with pytest.raises(FacePhiError, match="run.json: size .* must be >= 1"):
@@ -128,7 +127,26 @@ def test_presets_live_in_one_registry():
         ReproduceConfig(data="d", out="o", stage_options={"lr": 0})
 
 
-def test_legacy_train_configs_still_resume():
+def test_old_key_names_are_refused_not_renamed():
     old = {"stage": 2, "num_threads": 2, "scheduler": "linear", "max_length": 128, "lr": 1e-4}
-    config = TrainConfig.from_dict(old)
-    assert config.threads == 2 and config.lr_schedule == "linear" and config.stage == 2
+    with pytest.raises(FacePhiError, match=r"run.json: unknown TrainConfig field\(s\) max_length, num_threads, "
+                                           "scheduler"):
+        TrainConfig.from_dict(old, source="run.json")
+    assert not hasattr(TrainConfig, "LEGACY_KEYS")
+
+
+def test_registry_names_are_defined_once_in_presets():
+    """ENCODERS, OBJECTIVES, the PointMLP and stage presets: one definition, in facephi.presets."""
+    import re
+    from pathlib import Path
+
+    import facephi
+    from facephi import presets
+
+    root = Path(facephi.__file__).parent
+    for name in ("ENCODERS", "OBJECTIVES", "POINTMLP_PRESETS", "STAGE_PRESETS", "_PRESETS", "PRESETS",
+                 "LEGACY_KEYS"):
+        pattern = re.compile(rf"^\s*{name}\s*(:[^=]+)?=", re.MULTILINE)
+        where = [str(p.relative_to(root)) for p in root.rglob("*.py") if pattern.search(p.read_text())]
+        assert where == (["presets.py"] if hasattr(presets, name) else []), (name, where)
+    assert presets.ENCODERS == tuple(presets.POINTMLP_PRESETS) and presets.NUM_LANDMARKS == 478

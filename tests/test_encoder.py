@@ -97,7 +97,7 @@ def test_loading_errors_are_specific(tmp_path):
 
     config["objective"] = "regress"
     (directory / "config.json").write_text(json.dumps(config))
-    with pytest.raises(FacePhiError, match="config.json: objective: must be one of align, classify, got 'regress'"):
+    with pytest.raises(FacePhiError, match="config.json: objective: must be one of align, classify; got 'regress'"):
         LandmarkEncoder.from_pretrained(directory)
 
     (directory / "config.json").write_text("{not json")

@@ -81,7 +81,61 @@ def test_gguf_is_dequantised_once_then_loaded_from_the_cache(tmp_path, monkeypat
     stat = gguf.stat()
     os.utime(gguf, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # a new file invalidates the cache
     load_language_model(str(gguf))
-    assert len(conversions) == 2 and len(list((tmp_path / "cache" / "llm").iterdir())) == 2
+    assert len(conversions) == 2
+    assert [p.name for p in (tmp_path / "cache" / "llm").iterdir()] == [llm_module._cache_dir(gguf).name]  # pruned
+
+
+def test_gguf_cache_is_keyed_by_the_dequantising_versions_and_pruned(tmp_path, monkeypatch):
+    monkeypatch.setenv("FACEPHI_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "tiny.gguf"
+    gguf.write_bytes(b"GGUF stand-in")
+    other = tmp_path / "tiny-2.gguf"  # another file whose name begins like this one's
+    other.write_bytes(b"GGUF other")
+    versions = {"transformers": "5.0.0", "gguf": "0.1.0"}
+    monkeypatch.setattr(llm_module, "_version", lambda package: versions[package])
+    old = llm_module._cache_dir(gguf)
+    assert old.name.endswith("-transformers5.0.0-gguf0.1.0")
+    versions["gguf"] = "0.2.0"
+    assert llm_module._cache_dir(gguf) != old
+    versions["gguf"] = "0.1.0"
+    versions["transformers"] = "5.1.0"
+    assert llm_module._cache_dir(gguf) != old
+    stat = gguf.stat()
+    legacy = old.parent / f"tiny-{stat.st_size}-{stat.st_mtime_ns}"  # keyed without versions
+    unrelated = llm_module._cache_dir(other)
+    for folder in (old, legacy, unrelated):
+        folder.mkdir(parents=True)
+    llm_module._prune_cache(llm_module._cache_dir(gguf), gguf)
+    assert sorted(p.name for p in old.parent.iterdir()) == [unrelated.name]
+
+
+def test_corrupt_gguf_is_named_as_such(tmp_path, monkeypatch):
+    monkeypatch.setenv("FACEPHI_CACHE", str(tmp_path / "cache"))
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"garbage" * 100)
+    with pytest.raises(FacePhiError, match=r"bad\.gguf is a corrupt GGUF file") as error:
+        load_language_model(str(bad))
+    assert "not a local folder" not in str(error.value)
+    with pytest.raises(FacePhiError, match="corrupt GGUF file"):
+        load_language_model(str(tmp_path), gguf_file="bad.gguf")
+    truncated = tmp_path / "truncated.gguf"  # a valid header, then nothing: transformers' reader fails
+    truncated.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\x00" * 8)
+    with pytest.raises(FacePhiError, match=r"truncated\.gguf: corrupt GGUF file \(") as error:
+        load_language_model(str(truncated))
+    assert "\n" not in str(error.value) and "not a local folder" not in str(error.value)
+
+
+def test_pickle_weights_with_objects_are_refused_in_one_line(tmp_path):
+    reference, _ = save_tiny(tmp_path / "tiny")
+    (tmp_path / "tiny" / "model.safetensors").unlink()
+    state = dict(reference.state_dict())
+    state["payload"] = os.system  # a pickle that would call code: torch's weights-only loader refuses it
+    torch.save(state, tmp_path / "tiny" / "pytorch_model.bin")
+    with pytest.raises(FacePhiError) as error:
+        load_language_model(str(tmp_path / "tiny"))
+    message = str(error.value)
+    assert "pytorch_model.bin" in message and "model.safetensors" in message
+    assert "\n" not in message and "weights_only" not in message
 
 
 @pytest.mark.integration

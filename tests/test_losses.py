@@ -104,3 +104,34 @@ def test_few_steps_reduce_the_loss_on_a_synthetic_problem():
         optimizer.step()
         clamp_logit_scale_(logit_scale)
     assert loss.item() < 0.7 * first
+
+
+def test_logit_adjusted_cross_entropy_is_plain_ce_at_tau_0_and_the_formula_above():
+    from torch.nn import functional as F
+
+    from facephi.model.losses import logit_adjusted_cross_entropy
+
+    torch.manual_seed(0)
+    logits = torch.randn(5, 3)
+    labels = torch.tensor([0, 1, 2, 0, 0])
+    prior = torch.tensor([0.6, 0.2, 0.2])
+    weight = torch.tensor([0.5, 2.0, 1.0])
+    assert torch.equal(logit_adjusted_cross_entropy(logits, labels, prior, 0.0), F.cross_entropy(logits, labels))
+    assert torch.equal(logit_adjusted_cross_entropy(logits, labels, prior, 0.0, weight=weight),
+                       F.cross_entropy(logits, labels, weight=weight))
+    tau = 1.5
+    by_hand = 0.0
+    for i in range(5):
+        adjusted = [float(logits[i, c]) + tau * math.log(float(prior[c])) for c in range(3)]
+        by_hand += -(adjusted[labels[i]] - _lse(adjusted))
+    assert float(logit_adjusted_cross_entropy(logits, labels, prior, tau)) == pytest.approx(by_hand / 5, rel=1e-6)
+    assert float(logit_adjusted_cross_entropy(logits, labels, prior, tau)) != pytest.approx(
+        float(F.cross_entropy(logits, labels)), rel=1e-3)
+    # a class absent from the prior is never the target: the loss and its gradients stay finite
+    absent = torch.tensor([0.75, 0.25, 0.0])
+    logits.requires_grad_(True)
+    loss = logit_adjusted_cross_entropy(logits, torch.tensor([0, 1, 0, 0, 1]), absent, tau)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(logits.grad).all()
+    with pytest.raises(ValueError, match="tau"):
+        logit_adjusted_cross_entropy(logits, labels, prior, -1.0)

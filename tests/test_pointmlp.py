@@ -82,7 +82,7 @@ def test_presets_shapes_and_seeded_determinism(name):
 
 
 def test_config_validation():
-    with pytest.raises(ValueError, match="preset"):
+    with pytest.raises(FacePhiError, match="unknown PointMLP preset 'pointnet'"):
         PointMLPConfig.preset("pointnet")
     with pytest.raises(ValueError, match="equal length"):
         PointMLPConfig(pre_blocks=[1, 1])

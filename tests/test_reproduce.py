@@ -107,3 +107,12 @@ def test_reproduce_cli_checks_everything_before_training(tmp_path: Path, capsys)
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, (flags, err)
     assert not (Path(config.out) / "encoders").exists()  # nothing was trained
+
+
+def test_classify_only_encoder_options_reach_only_the_classify_encoder(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path).replace(encoder_options={**TINY_ENCODER, "logit_adjust": 1.0,
+                                                            "class_weights": "sqrt"})
+    assert config.encoder_config("classify").logit_adjust == 1.0
+    assert config.encoder_config("classify").class_weights == "sqrt"
+    assert config.encoder_config("align").logit_adjust == 0.0
+    assert config.encoder_config("align").class_weights == "none"

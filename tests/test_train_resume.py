@@ -58,3 +58,35 @@ def test_partial_checkpoints_are_ignored(tmp_path):
     assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step-0000003"]
     _, result = _train(tmp_path / "run", resume=True)
     assert result.finished
+
+
+def test_resume_without_the_random_state_is_refused(tmp_path):
+    import pytest
+
+    from facephi.utils.errors import FacePhiError
+
+    _train(tmp_path / "run", stop_after=3)
+    (list_checkpoints(tmp_path / "run")[-1] / "rng-0.json").unlink()
+    with pytest.raises(FacePhiError, match=r"rng-0\.json is missing .*the resume would not be exact"):
+        _train(tmp_path / "run", resume=True)
+
+
+def test_the_optimizer_kernel_is_recorded_and_a_missing_fused_kernel_is_said(tmp_path, monkeypatch, caplog):
+    import logging
+
+    _train(tmp_path / "fused", stop_after=1)
+    assert json.loads((tmp_path / "fused" / "run.json").read_text())["optimizer_kernel"] == "fused"
+
+    adamw = torch.optim.AdamW
+
+    def no_fused(params, **kwargs):
+        if kwargs.get("fused"):
+            raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported devices")
+        return adamw(params, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "AdamW", no_fused)
+    with caplog.at_level(logging.WARNING, logger="facephi.train.stages"):
+        _train(tmp_path / "fallback", stop_after=1)
+    assert "fused AdamW is not available here (`fused=True` requires" in caplog.text
+    kernel = json.loads((tmp_path / "fallback" / "run.json").read_text())["optimizer_kernel"]
+    assert kernel.startswith("for-each (fused unavailable: `fused=True` requires")

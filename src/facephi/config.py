@@ -7,7 +7,7 @@ with :func:`setting`, which carries its help text and its constraints (choices, 
 * validation (:meth:`Config.validate`, run on construction and on every :meth:`Config.replace`):
   types, finite numbers, bounds and choices, with the field name (and its flag) in the message;
 * the JSON round trip (:meth:`Config.to_dict` / :meth:`Config.from_dict`, nested configs included,
-  unknown keys refused, renamed keys of older files mapped through ``LEGACY_KEYS``);
+  unknown keys refused);
 * the command-line flags (:func:`add_arguments`, :func:`from_args`): ``--field-name``, the type,
   the choices, ``--x / --no-x`` for booleans, the default in the help, and ``all`` as the one
   spelling of "no limit" for every limit.
@@ -94,8 +94,6 @@ class Config:
 
     config_type: ClassVar[str | None] = None
     """Written as ``config_type`` into ``to_dict()`` when set (model configs)."""
-    LEGACY_KEYS: ClassVar[dict[str, str | None]] = {}
-    """Keys of older saved files: old name -> new name, or None to drop the key."""
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):  # paths given as text become Paths
@@ -214,11 +212,6 @@ class Config:
         kind = data.pop("config_type", cls.config_type)
         if cls.config_type and kind != cls.config_type:
             raise FacePhiError(f"{where}config_type is {kind!r}, expected {cls.config_type!r}")
-        for old, new in cls.LEGACY_KEYS.items():
-            if old in data:
-                value = data.pop(old)
-                if new is not None and new not in data:
-                    data[new] = value
         types = _resolved_types(cls)
         fields = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - set(fields))

@@ -1,5 +1,9 @@
-"""Every named preset of facephi, in one place (torch-free).
+"""Every name facephi chooses from, in one torch-free registry: presets, choice lists and sizes.
 
+* :data:`NUM_LANDMARKS`: the points of a MediaPipe face mesh (478, with the irises);
+* :data:`POINTMLP_PRESETS` (:data:`ENCODERS`, their names): the landmark encoder's architectures,
+  values of :class:`facephi.model.pointmlp.PointMLPConfig`;
+* :data:`OBJECTIVES`: how a landmark encoder is trained (``facephi align --objective``);
 * :data:`ENCODER_PRESETS`: landmark-encoder training (``facephi align --preset``, Table 1, the demo,
   the encoder benchmark) — values of :class:`facephi.train.config.AlignConfig`;
 * :data:`STAGE_PRESETS`: the two LLM stages (``facephi train --preset``) — values of
@@ -14,6 +18,22 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from facephi.utils.errors import FacePhiError
+
+NUM_LANDMARKS = 478
+"""Landmarks of a MediaPipe face mesh with refined irises: every face is ``[478, 3]``."""
+
+POINTMLP_PRESETS: dict[str, dict[str, Any]] = {
+    "pointmlp": {"embed_dim": 64, "res_expansion": 1.0, "dim_expansion": [2, 2, 2, 2],
+                 "pre_blocks": [2, 2, 2, 2], "pos_blocks": [2, 2, 2, 2]},
+    "pointmlp-elite": {"embed_dim": 32, "res_expansion": 0.25, "dim_expansion": [2, 2, 2, 1],
+                       "pre_blocks": [1, 1, 2, 1], "pos_blocks": [1, 1, 2, 1]},
+}
+"""``PointMLPConfig`` values per architecture (PointMLP and PointMLP-elite, Ma et al. 2022)."""
+ENCODERS = tuple(POINTMLP_PRESETS)
+"""The landmark encoder architectures (``facephi align --encoder``)."""
+
+OBJECTIVES = ("align", "classify")
+"""``align``: CLIP loss against class captions (paper 3.3); ``classify``: cross-entropy."""
 
 ENCODER_PRESETS: dict[str, dict[str, Any]] = {
     # The paper's alignment settings (AdamW, lr 2e-5, 20 epochs, batch 64), for both objectives.

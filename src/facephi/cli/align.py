@@ -39,5 +39,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"best epoch {best['epoch']} (valid {config.select_metric} {best['valid'][config.select_metric]:.4f})")
     print(f"test {head}: accuracy {test['accuracy']:.4f}, balanced accuracy {test['balanced_accuracy']:.4f}; "
           f"linear probe: accuracy {test['probe_accuracy']:.4f}, balanced {test['probe_balanced_accuracy']:.4f}")
-    print(f"checkpoint: {config.out}  (metrics.json, run.json; resumable state in {config.out}/last)")
+    print(f"checkpoint: {config.out}  (metrics.json, run.json; resumable state in {config.out}/checkpoints)")
     return 0

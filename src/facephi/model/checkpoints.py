@@ -1,6 +1,6 @@
 """What a model folder is, and whether it is complete, decided before anything heavy is loaded.
 
-Two kinds of model folders exist, told apart by the ``config_type`` (or ``model_type``) of their
+Two kinds of model folders exist, told apart by the ``config_type`` of their
 ``config.json`` (:func:`checkpoint_type`):
 
 * a landmark encoder (``LandmarkEncoder.save_pretrained``, or the output folder of ``facephi
@@ -35,7 +35,7 @@ FACEPHI_CONFIG_TYPE = "facephi"
 CONFIG_NAME = "config.json"
 RUN_MODEL_DIR = "final"
 """Where a ``facephi train`` run folder keeps its model (``facephi.train.stages.FINAL_DIR``)."""
-_RUN_MARKERS = ("checkpoints", "run.json", "last")
+_RUN_MARKERS = ("checkpoints", "run.json")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer.model", "vocab.txt", "spiece.model")
 """Any one of these (with ``tokenizer_config.json``) makes a saved tokenizer folder."""
 
@@ -81,13 +81,8 @@ def check_safetensors(path: str | os.PathLike[str]) -> None:
 
 
 def _config_kind(config: dict[str, Any]) -> str | None:
-    """ENCODER, FACEPHI, or None when the config is of neither (e.g. a training run's config)."""
-    kind = config.get("config_type") or config.get("model_type")
-    if kind == ENCODER_CONFIG_TYPE:
-        return ENCODER
-    if kind == FACEPHI_CONFIG_TYPE or (kind is None and {"llm", "projector"} <= set(config)):
-        return FACEPHI  # FacePhi configs written before config_type existed have llm + projector
-    return None
+    """ENCODER or FACEPHI by the config's ``config_type``; None for any other config."""
+    return {ENCODER_CONFIG_TYPE: ENCODER, FACEPHI_CONFIG_TYPE: FACEPHI}.get(config.get("config_type"))
 
 
 def _is_run_dir(path: Path) -> bool:
@@ -103,11 +98,10 @@ def _run_dir_error(path: Path, flag: str | None) -> FacePhiError:
 
 
 def checkpoint_type(path: str | os.PathLike[str], flag: str | None = None) -> str:
-    """``"facephi"`` or ``"encoder"``, from the ``config_type`` (or ``model_type``) of ``config.json``.
+    """``"facephi"`` or ``"encoder"``, from the ``config_type`` of ``config.json``.
 
-    Only ``config.json`` is read (:func:`check_model_dir` checks the rest). A config without
-    either field is a FacePhi model when it has the ``FacePhiConfig`` fields ``llm`` and
-    ``projector``. A training run folder is reported as such, with where its model is.
+    Only ``config.json`` is read (:func:`check_model_dir` checks the rest). A training run folder
+    is reported as such, with where its model is.
     """
     path = Path(path).expanduser()
     config_path = path / CONFIG_NAME
@@ -127,7 +121,7 @@ def checkpoint_type(path: str | os.PathLike[str], flag: str | None = None) -> st
         return kind
     if _is_run_dir(path):
         raise _run_dir_error(path, flag)
-    found = config.get("config_type") or config.get("model_type")
+    found = config.get("config_type")
     raise FacePhiError(f"{config_path}: config_type {found!r} is neither a FacePhi model ({FACEPHI_CONFIG_TYPE!r}) "
                        f"nor a landmark encoder ({ENCODER_CONFIG_TYPE!r})")
 

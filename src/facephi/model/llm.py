@@ -5,7 +5,8 @@
   with ``gguf_file=``, is treated the same way. transformers dequantises the GGUF to a float,
   trainable model (15-20 s); the result (weights as safetensors + tokenizer) is cached under
   ``$FACEPHI_CACHE/llm`` (default ``~/.cache/facephi/llm``), keyed by the GGUF's name, size and
-  modification time, so later loads take about a second.
+  modification time and by the transformers and gguf versions that dequantised it, so later loads
+  take about a second; entries of the same GGUF with another key are removed when a new one is written.
 * Anything else goes to ``AutoModelForCausalLM`` / ``AutoTokenizer``: a local folder, or a hub
   name that is already in the Hugging Face cache (nothing is downloaded; ``trust_remote_code``
   is never enabled, so loading never executes code from the model).
@@ -16,10 +17,15 @@ The architecture is never inspected: the rest of FacePhi uses the model through
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import json
 import logging
 import os
+import pickle
+import re
+import shutil
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -124,10 +130,10 @@ def language_model_problem(name_or_path: str, gguf_file: str | None = None) -> s
         return None
     path = Path(name_or_path).expanduser()
     if path.is_file():
-        return None if path.suffix == ".gguf" else "is a file but not a .gguf file"
+        return gguf_problem(path) if path.suffix == ".gguf" else "is a file but not a .gguf file"
     if path.is_dir():
         if gguf_file is not None:
-            return None if (path / gguf_file).is_file() else f"has no GGUF file {gguf_file}"
+            return gguf_problem(path / gguf_file) if (path / gguf_file).is_file() else f"has no GGUF file {gguf_file}"
         if not (path / "config.json").is_file():
             return "has no config.json (not a Hugging Face model folder)"
         files = weight_files(path)
@@ -142,6 +148,21 @@ def language_model_problem(name_or_path: str, gguf_file: str | None = None) -> s
     if _looks_like_path(name_or_path):
         return "does not exist (moved?)"
     return _hub_cache_problem(name_or_path, gguf_file)
+
+
+GGUF_MAGIC = b"GGUF"
+
+
+def gguf_problem(path: Path) -> str | None:
+    """Why the file ``path`` is not a readable GGUF file (a clause), or None; only its header is read."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(len(GGUF_MAGIC))
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if head != GGUF_MAGIC:
+        return f"is a corrupt GGUF file ({path.name} does not start with the GGUF header)"
+    return None
 
 
 _UNKNOWN_LLM = (f"is not an embedded model ({', '.join(EMBEDDED_MODELS)}), a .gguf file, a local folder with "
@@ -230,21 +251,54 @@ def load_causal_lm(name_or_path: str, gguf_file: str | None = None, dtype: torch
     return _auto_load(AutoModelForCausalLM, name_or_path, gguf_file=gguf_file, dtype=dtype)
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def _auto_load(auto_class: Any, name_or_path: str, **kwargs: Any) -> Any:
     kwargs = {key: value for key, value in kwargs.items() if value is not None}
+    # What a truncated or corrupt GGUF raises while transformers reads it.
+    read_errors = (KeyError, IndexError, EOFError, struct.error) if "gguf_file" in kwargs else ()
     try:
         return auto_class.from_pretrained(name_or_path, local_files_only=True, trust_remote_code=False, **kwargs)
-    except (OSError, ValueError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except pickle.UnpicklingError:  # torch's weights-only loader met objects other than tensors
+        raise FacePhiError(
+            f"cannot load the language model {name_or_path!r}: its pickle weights (pytorch_model.bin) hold "
+            "objects other than tensors and are refused (facephi never unpickles code); convert them to "
+            "model.safetensors") from None
+    except (OSError, ValueError, *read_errors) as exc:
+        if "gguf_file" in kwargs:
+            raise FacePhiError(f"{Path(name_or_path) / kwargs['gguf_file']}: corrupt GGUF file "
+                               f"({_first_line(exc)})") from exc
+        first_line = _first_line(exc)
         raise FacePhiError(
             f"cannot load the language model {name_or_path!r}: it is not an embedded model "
             f"({', '.join(EMBEDDED_MODELS)}), a local folder or a model already in the Hugging Face cache "
             f"(nothing is downloaded at run time): {first_line}") from exc
 
 
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "none"
+
+
 def _cache_dir(gguf: Path) -> Path:
+    """The cache folder of ``gguf``: its name, size and mtime, and the versions of the dequantising code."""
     stat = gguf.stat()
-    return cache_root() / "llm" / f"{gguf.stem}-{stat.st_size}-{stat.st_mtime_ns}"
+    return cache_root() / "llm" / (f"{gguf.stem}-{stat.st_size}-{stat.st_mtime_ns}"
+                                   f"-transformers{_version('transformers')}-gguf{_version('gguf')}")
+
+
+def _prune_cache(current: Path, gguf: Path) -> None:
+    """Remove the cache entries of ``gguf``'s name other than ``current`` (another file or other versions)."""
+    entry_name = re.compile(re.escape(gguf.stem) + r"-\d+-\d+(-transformers.+-gguf.+)?")
+    for entry in current.parent.glob(f"{gguf.stem}-*"):
+        if entry != current and entry.is_dir() and entry_name.fullmatch(entry.name):
+            logger.info("removing the stale model cache %s", entry)
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def _load_gguf(gguf: Path, use_cache: bool) -> tuple[Any, Any]:
@@ -260,6 +314,7 @@ def _load_gguf(gguf: Path, use_cache: bool) -> tuple[Any, Any]:
         del model.config.quantization_config
     if use_cache:
         _write_cache(model, tokenizer, cached)
+        _prune_cache(cached, gguf)
     return model, tokenizer
 
 

@@ -1,4 +1,5 @@
-"""CLIP / ULIP symmetric contrastive loss (paper eq. 4) for class captions shared by many samples.
+"""The encoder's training losses: the CLIP / ULIP symmetric contrastive loss (paper eq. 4) for class
+captions shared by many samples, and the logit-adjusted cross-entropy of the classify objective.
 
 With a batch of 64 landmarks over 8 emotions, eq. 4's captions ``t_i`` repeat: several columns of
 the ``N x N`` similarity matrix are the *same* text. Taken literally, the landmark→text term then
@@ -88,3 +89,25 @@ def clip_contrastive_loss(
     log_p_landmark_given_text = logits.log_softmax(dim=0)  # softmax over the N landmarks
     text_to_landmark = -log_p_landmark_given_text.gather(1, labels[:, None]).mean()
     return 0.5 * (landmark_to_text + text_to_landmark)
+
+
+def logit_adjusted_cross_entropy(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    prior: torch.Tensor,
+    tau: float,
+    weight: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Logit-adjusted cross-entropy (Menon et al. 2021, eq. 10): ``CE(logits + tau * log(prior), labels)``.
+
+    ``prior`` ``[C]`` is the class prior of the training data (class counts / total); a class absent
+    from it gets ``-inf`` and is never predicted during training. ``tau = 0`` is plain cross-entropy.
+    The classifier's own logits, unadjusted, then estimate the balanced (class-uniform) posterior.
+    """
+    if tau < 0 or not math.isfinite(tau):
+        raise ValueError(f"tau must be a finite number >= 0, got {tau}")
+    if tau:
+        if prior.shape != (logits.shape[-1],) or (prior < 0).any():
+            raise ValueError(f"prior must be {logits.shape[-1]} non-negative numbers, got {prior.tolist()}")
+        logits = logits + tau * prior.to(logits.device, logits.dtype).log()
+    return F.cross_entropy(logits, labels, weight=weight)

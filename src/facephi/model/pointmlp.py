@@ -9,6 +9,7 @@ Linear-BN-ReLU-Dropout-Linear → the feature ``e`` (256-d by default).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,24 +18,13 @@ from torch import nn
 
 from facephi.config import Config
 from facephi.model.pointops import farthest_point_sample, gather_points, knn
-
-_PRESETS: dict[str, dict[str, Any]] = {
-    "pointmlp": dict(
-        embed_dim=64, res_expansion=1.0, dim_expansion=[2, 2, 2, 2],
-        pre_blocks=[2, 2, 2, 2], pos_blocks=[2, 2, 2, 2],
-    ),
-    "pointmlp-elite": dict(
-        embed_dim=32, res_expansion=0.25, dim_expansion=[2, 2, 2, 1],
-        pre_blocks=[1, 1, 2, 1], pos_blocks=[1, 1, 2, 1],
-    ),
-}
-
+from facephi.presets import NUM_LANDMARKS, POINTMLP_PRESETS, lookup
 
 @dataclass
 class PointMLPConfig(Config):
     """Hyper-parameters of :class:`PointMLPEncoder` (defaults = the ``pointmlp`` preset)."""
 
-    num_points: int = 478
+    num_points: int = NUM_LANDMARKS
     in_channels: int = 3
     embed_dim: int = 64
     res_expansion: float = 1.0
@@ -94,9 +84,7 @@ class PointMLPConfig(Config):
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "PointMLPConfig":
         """``"pointmlp"`` or ``"pointmlp-elite"``, with optional field overrides."""
-        if name not in _PRESETS:
-            raise ValueError(f"unknown PointMLP preset {name!r}; choose one of {sorted(_PRESETS)}")
-        return cls(**{**_PRESETS[name], **overrides})
+        return cls(**{**copy.deepcopy(lookup(POINTMLP_PRESETS, name, "PointMLP preset")), **overrides})
 
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU}

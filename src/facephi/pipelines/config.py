@@ -68,7 +68,8 @@ class ReproduceConfig(Config):
         preset = REPRODUCE_PRESETS[self.preset]
         options = dict(self.encoder_options)
         if objective == "align":
-            options.pop("class_weights", None)
+            for classify_only in ("class_weights", "logit_adjust"):
+                options.pop(classify_only, None)
         if self.threads is not None:
             options["threads"] = self.threads
         return AlignConfig.for_preset(preset["encoder_preset"], data=self.data, out=str(Path(self.out) / "encoders" /

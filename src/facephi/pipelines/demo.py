@@ -50,7 +50,7 @@ def train_miniature(config: DemoConfig, progress: bool = True) -> Path:
     from facephi.landmarks.extract import ExtractConfig, extract
     from facephi.landmarks.store import LandmarkSet
     from facephi.presets import DEMO_STAGES
-    from facephi.train.align import train_encoder
+    from facephi.train.align import has_checkpoint, train_encoder
     from facephi.train.config import AlignConfig, TrainConfig
     from facephi.train.runner import run_stage
     from facephi.train.stages import FINAL_DIR, run_started
@@ -67,7 +67,7 @@ def train_miniature(config: DemoConfig, progress: bool = True) -> Path:
     encoder = work / "encoder"
     if not ((encoder / "metrics.json").is_file() and "train_seconds" in read_json(encoder / "metrics.json")):
         print(f"[2/4] aligning a PointMLP-elite encoder to MiniLM captions ({config.encoder_epochs} epochs)")
-        resume = (encoder / "last").is_dir()
+        resume = has_checkpoint(encoder)
         train_encoder(AlignConfig.for_preset(
             "demo", data=str(landmarks), out=str(encoder), epochs=config.encoder_epochs, batch_size=batch_size,
             probe_samples=batch_size, seed=config.seed, threads=config.threads, resume=resume,

@@ -141,7 +141,7 @@ class Reproduction:
     # ------------------------------------------------------------------ steps
     def encoder(self, objective: str) -> Path:
         """Train (or reuse) the ``align`` or ``classify`` encoder; its folder is the checkpoint."""
-        from facephi.train.align import train_encoder
+        from facephi.train.align import has_checkpoint, train_encoder
 
         self._start(f"encoders/{objective}")
         config = self.config.encoder_config(objective)
@@ -149,7 +149,7 @@ class Reproduction:
         metrics_path = out / "metrics.json"
         if metrics_path.is_file() and read_json(metrics_path).get("test") is not None:
             return out
-        resume = (out / "last").is_dir()
+        resume = has_checkpoint(out)
         logger.info("training the %s encoder into %s%s", objective, out, " (resuming)" if resume else "")
         train_encoder(config.replace(resume=resume, overwrite=not resume), progress=self.progress)
         return out

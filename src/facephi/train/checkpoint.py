@@ -3,7 +3,8 @@
 A checkpoint is a folder ``RUN/checkpoints/step-NNNNNNN`` holding everything needed to
 continue with no lost or repeated step:
 
-- ``trainable.safetensors``: the trainable parameters (projector, LLM or LoRA adapter),
+- ``trainable.safetensors``: what training changes in the model: the trainable parameters
+  (projector, LLM or LoRA adapter; the encoder) and the buffers of its modules in train mode,
 - ``optimizer.safetensors`` + ``optimizer.json``: AdamW moments and parameter groups,
 - ``scheduler.json`` and ``scaler.json`` (fp16 loss scaler, when used),
 - ``rng-<rank>.json`` + ``rng-<rank>.safetensors``: Python, numpy and torch (CPU/CUDA) RNG states,
@@ -99,28 +100,45 @@ class EpochBatchSampler(Sampler[list[int]]):
 
 # ---------------------------------------------------------------------------- tensors / states
 
-def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The parameters with ``requires_grad`` (shared weights once), detached on CPU."""
-    return {name: p.detach().to("cpu").contiguous()
-            for name, p in model.named_parameters() if p.requires_grad}
+def training_state_names(model: torch.nn.Module) -> list[str]:
+    """What training changes in ``model`` (call it in train mode): the parameters with
+    ``requires_grad`` (shared weights once) and the persistent buffers of the modules in train mode
+    (e.g. BatchNorm statistics)."""
+    names = [name for name, p in model.named_parameters() if p.requires_grad]
+    for prefix, module in model.named_modules():
+        if module.training:
+            names += [f"{prefix}.{name}" if prefix else name for name, buffer in module.named_buffers(recurse=False)
+                      if buffer is not None and name not in module._non_persistent_buffers_set]
+    return names
 
 
-def load_trainable_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor],
-                         source: Path) -> None:
-    """Copy saved trainable parameters into ``model``; the name sets and shapes must match."""
-    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
-    missing, unexpected = sorted(set(params) - set(tensors)), sorted(set(tensors) - set(params))
+def _tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {**dict(model.named_parameters()), **dict(model.named_buffers())}
+
+
+def trainable_state(model: torch.nn.Module, names: list[str]) -> dict[str, torch.Tensor]:
+    """The tensors ``names`` of ``model`` (:func:`training_state_names`), detached on CPU."""
+    tensors = _tensors(model)
+    return {name: tensors[name].detach().to("cpu").contiguous() for name in names}
+
+
+def load_trainable_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor], source: Path,
+                         names: list[str]) -> None:
+    """Copy saved tensors ``names`` into ``model``; the name sets and shapes must match."""
+    own = _tensors(model)
+    missing, unexpected = sorted(set(names) - set(tensors)), sorted(set(tensors) - set(names))
     if missing or unexpected:
         raise FacePhiError(
             f"{source}: checkpoint does not match the model's trainable parameters "
             f"(missing {missing[:3]}, unexpected {unexpected[:3]}); was it written by another "
             "stage, LLM or LoRA setting?")
     with torch.no_grad():
-        for name, param in params.items():
-            if param.shape != tensors[name].shape:
+        for name in names:
+            target = own[name]
+            if target.shape != tensors[name].shape:
                 raise FacePhiError(f"{source}: parameter {name} has shape "
-                                   f"{tuple(tensors[name].shape)}, model has {tuple(param.shape)}")
-            param.copy_(tensors[name].to(param.device, param.dtype))
+                                   f"{tuple(tensors[name].shape)}, model has {tuple(target.shape)}")
+            target.copy_(tensors[name].to(target.device, target.dtype))
 
 
 def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -226,9 +244,10 @@ def prune_checkpoints(run_dir: Path, keep: int) -> None:
 
 
 def write_checkpoint(folder: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                     scheduler: Any, scaler: Any, state: dict[str, Any]) -> None:
-    """Write the main process's files into ``folder`` (``trainer_state.json`` last)."""
-    save_file(trainable_state(model), str(folder / "trainable.safetensors"))
+                     scheduler: Any, scaler: Any, state: dict[str, Any], names: list[str]) -> None:
+    """Write the main process's files into ``folder`` (``trainer_state.json`` last); ``names``: the
+    model's tensors to keep (:func:`training_state_names`)."""
+    save_file(trainable_state(model, names), str(folder / "trainable.safetensors"))
     tensors, meta = optimizer_state(optimizer)
     save_file(tensors, str(folder / "optimizer.safetensors"))
     write_json(folder / "optimizer.json", meta)
@@ -245,19 +264,23 @@ def write_rng(folder: Path, rank: int) -> None:
 
 
 def read_checkpoint(folder: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler: Any, scaler: Any, rank: int) -> dict[str, Any]:
-    """Restore everything written by :func:`write_checkpoint` / :func:`write_rng`; return the state."""
+                    scheduler: Any, scaler: Any, rank: int, names: list[str]) -> dict[str, Any]:
+    """Restore everything written by :func:`write_checkpoint` / :func:`write_rng` (process ``rank``'s
+    random state included: without it the resume would not be exact); return the state."""
     for name in ("trainable.safetensors", "optimizer.safetensors", "optimizer.json",
                  "scheduler.json", STATE_FILE):
         if not (folder / name).is_file():
             raise FacePhiError(f"{folder}: incomplete checkpoint, {name} is missing")
-    load_trainable_state(model, load_file(str(folder / "trainable.safetensors")), folder)
+    load_trainable_state(model, load_file(str(folder / "trainable.safetensors")), folder, names)
     load_optimizer_state(optimizer, load_file(str(folder / "optimizer.safetensors")),
                          read_json(folder / "optimizer.json"))
     scheduler.load_state_dict(read_json(folder / "scheduler.json"))
     if scaler is not None and (folder / "scaler.json").is_file():
         scaler.load_state_dict(read_json(folder / "scaler.json"))
-    rng_json = folder / f"rng-{rank}.json"
-    if rng_json.is_file():
-        set_rng_state(read_json(rng_json), load_file(str(folder / f"rng-{rank}.safetensors")))
+    rng_files = (folder / f"rng-{rank}.json", folder / f"rng-{rank}.safetensors")
+    for path in rng_files:
+        if not path.is_file():
+            raise FacePhiError(f"{folder}: {path.name} is missing (the random state of process {rank}; was the "
+                               "run started with fewer processes?), so the resume would not be exact")
+    set_rng_state(read_json(rng_files[0]), load_file(str(rng_files[1])))
     return read_json(folder / STATE_FILE)

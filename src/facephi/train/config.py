@@ -15,12 +15,12 @@ from typing import Any
 from facephi.config import Config, setting
 from facephi.landmarks.augment import AUGMENTATIONS
 from facephi.landmarks.store import SUBSET_POLICIES
-from facephi.model.defaults import DEFAULT_LLM, DEFAULT_TEXT_TOWER, ENCODERS
-
-OBJECTIVES = ("align", "classify")
+from facephi.model.defaults import DEFAULT_LLM, DEFAULT_TEXT_TOWER
+from facephi.presets import ENCODERS, OBJECTIVES, STAGE_PRESETS
 LR_SCHEDULES = ("constant", "cosine", "linear")
 """Learning-rate schedules of both training commands: after ``warmup_ratio`` of the steps with a
-linear warm-up, constant, cosine decay to 0 or linear decay to 0 (see :mod:`facephi.train.schedules`)."""
+linear warm-up, constant, cosine decay to 0 or linear decay to 0 (``transformers.get_scheduler``, see
+:func:`facephi.train.loop.build_scheduler`)."""
 CLASS_WEIGHTS = ("none", "balanced", "sqrt")
 SELECT_METRICS = ("accuracy", "balanced_accuracy", "probe_accuracy", "probe_balanced_accuracy")
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
@@ -28,15 +28,6 @@ ANSWER_LABELS = ("plurality", "votes")
 """Which class a training answer names: the face's label (the plurality of its votes), or a class
 drawn from its crowd votes (FER+), a new draw per face and epoch: in expectation the loss is the
 vote-weighted mean of the classes' answer losses, i.e. the votes as soft targets."""
-PRESETS = ("paper", "cpu")
-
-
-def augmentation_name(value: str | bool) -> str:
-    """``augment`` value; the older boolean form (runs written before ``--augment mirror``) maps
-    True / False to "full" / "none"."""
-    if isinstance(value, bool):
-        return "full" if value else "none"
-    return value
 
 
 @dataclass
@@ -61,6 +52,10 @@ class AlignConfig(Config):
     class_weights: str = setting("none", choices=CLASS_WEIGHTS,
                                  help="cross-entropy class weights (classify only): balanced = inverse class "
                                       "frequency, sqrt = its square root")
+    logit_adjust: float = setting(0.0, min=0, metavar="TAU",
+                                  help="classify only: logit-adjusted cross-entropy (Menon et al. 2021), "
+                                       "CE(logits + TAU * log prior) with the class prior of the training subset; "
+                                       "0 = plain cross-entropy")
     limit_train: int | None = setting(None, min=1, unlimited=True, help="training samples (see --limit-policy)")
     limit_valid: int | None = setting(None, min=1, unlimited=True, help="validation samples (see --limit-policy)")
     limit_test: int | None = setting(None, min=1, unlimited=True, help="test samples (see --limit-policy)")
@@ -77,16 +72,14 @@ class AlignConfig(Config):
                               help="frozen text encoder of --objective align")
     select_metric: str = setting("accuracy", choices=SELECT_METRICS, help="Valid metric that picks the best epoch")
     eval_batch_size: int = setting(256, min=1, help="samples per evaluation batch")
-    resume: bool = setting(False, help="continue the run in --out from OUT/last")
+    resume: bool = setting(False, help="continue the run in --out from its last checkpoint (OUT/checkpoints)")
     overwrite: bool = setting(False, help="replace a checkpoint already in --out")
-
-    def __post_init__(self) -> None:
-        self.augment = augmentation_name(self.augment)
-        super().__post_init__()
 
     def check(self) -> None:
         if self.class_weights != "none" and self.objective != "classify":
             raise self.error("class_weights", f"{self.class_weights} applies to --objective classify only")
+        if self.logit_adjust and self.objective != "classify":
+            raise self.error("logit_adjust", "applies to --objective classify only")
         if self.limit_train is not None and self.limit_train < self.batch_size:
             raise self.error("limit_train", f"must be >= batch_size ({self.batch_size}), got {self.limit_train}")
         if self.resume and self.overwrite:
@@ -112,14 +105,12 @@ class TrainConfig(Config):
     and clipping at norm 1 follow LLaVA's recipe, which the paper cites for its two stages.
     """
 
-    LEGACY_KEYS = {"num_threads": "threads", "scheduler": "lr_schedule", "max_length": None}
-
     stage: int = setting(1, choices=(1, 2), cli=False, help="1: projector only; 2: projector + LLM")
     batch_size: int = setting(48, min=1, help="samples per optimizer step, all processes together")
     grad_accum: int = setting(1, min=1, help="micro-batches per optimizer step (memory)")
     lr: float = setting(2.5e-3, above=0, help="peak learning rate (AdamW)")
     epochs: int = setting(3, min=1, help="passes over the training subset")
-    weight_decay: float = setting(0.0, min=0, help="AdamW weight decay")
+    weight_decay: float = setting(0.0, min=0, help="AdamW weight decay (matrices only)")
     warmup_ratio: float = setting(0.03, min=0, max=0.5, help="fraction of the steps with linear warm-up")
     lr_schedule: str = setting("cosine", choices=LR_SCHEDULES, help="learning-rate schedule after warm-up")
     max_grad_norm: float | None = setting(1.0, above=0, unlimited=True, help="gradient clipping norm ('all': none)")
@@ -192,7 +183,7 @@ class TrainCommand(Config):
     max_length: int | None = setting(None, min=16, max=4096,
                                      help="token length of the training sequences, stored in the model's config "
                                           "(stage 1 default: 128; stage 2 default: the --init model's)")
-    preset: str | None = setting(None, choices=PRESETS,
+    preset: str | None = setting(None, choices=tuple(STAGE_PRESETS),
                                  help="starting hyper-parameters (default: paper with a GPU, cpu without)")
     resume: bool = setting(False, help="continue the run in --out from its last checkpoint")
     stop_after: int | None = setting(None, min=1, metavar="N",

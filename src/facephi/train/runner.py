@@ -22,7 +22,7 @@ import torch
 
 from facephi.landmarks.store import SPLIT_SEED
 from facephi.model.defaults import DEFAULT_LLM
-from facephi.train.config import TrainConfig
+from facephi.train.config import TrainCommand, TrainConfig
 from facephi.train.stages import FINAL_DIR, StageResult, run_started, train_stage
 from facephi.utils.errors import FacePhiError
 from facephi.utils.runinfo import seed_everything
@@ -30,25 +30,22 @@ from facephi.utils.runinfo import seed_everything
 logger = logging.getLogger(__name__)
 
 
-def check_stage_inputs(config: TrainConfig, out: str | Path, *, encoder: str | Path | None = None,
+def check_stage_inputs(config: TrainConfig, data: str | Path, out: str | Path, *, encoder: str | Path | None = None,
                        init: str | Path | None = None, llm: str | None = None, gguf_file: str | None = None,
                        max_length: int | None = None, resume: bool = False) -> None:
-    """Every check that needs no model weights: sources given and complete, LLM resolvable, ``max_length``
-    long enough for the tokenizer, ``out`` free and writable."""
+    """Every check that needs no model weights: the sources the stage needs (the rules of
+    :class:`TrainCommand`), complete; LLM resolvable, ``max_length`` long enough for the tokenizer,
+    ``out`` free and writable."""
     from facephi.model.checkpoints import FACEPHI, check_model_dir
     from facephi.model.llm import check_language_model
     from facephi.utils.io import check_writable_dir
 
+    TrainCommand.build(stage=config.stage, data=str(data), out=str(out), encoder=_text(encoder), init=_text(init), llm=llm,
+                       gguf_file=gguf_file, max_length=max_length, resume=resume)
     if config.stage == 1:
-        if encoder is None or init is not None:
-            raise FacePhiError("stage 1 starts from a landmark encoder: pass --encoder (and no --init)")
         check_model_dir(_existing(encoder, "--encoder"), "--encoder")
         check_language_model(llm or DEFAULT_LLM, gguf_file)
     else:
-        if init is None or encoder is not None:
-            raise FacePhiError("stage 2 starts from a stage-1 model: pass --init RUN1/final (and no --encoder)")
-        if llm is not None or gguf_file is not None:
-            raise FacePhiError("stage 2 uses the LLM of its --init model; --llm / --gguf-file apply to stage 1")
         if check_model_dir(_existing(init, "--init"), "--init") != FACEPHI:
             raise FacePhiError(f"{init}: a landmark encoder, not a FacePhi model (--init); stage 1 takes it as --encoder")
     if not resume and run_started(Path(out)):
@@ -194,7 +191,7 @@ def run_stage(config: TrainConfig, data: str | Path, out: str | Path, *, encoder
     out = Path(out)
     landmark_set = LandmarkSet.load(_existing(data, "--data"))  # before --out is made: a bad dataset leaves nothing
     answer_votes(landmark_set, config)
-    check_stage_inputs(config, out, encoder=encoder, init=init, llm=llm, gguf_file=gguf_file, max_length=max_length,
+    check_stage_inputs(config, data, out, encoder=encoder, init=init, llm=llm, gguf_file=gguf_file, max_length=max_length,
                        resume=resume)
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -251,6 +248,10 @@ def run_both_stages(configs: Callable[[int], TrainConfig], data: str | Path, bas
         if on_stage_done is not None:
             on_stage_done(runs[-1])
     return runs
+
+
+def _text(path: str | Path | None) -> str | None:
+    return None if path is None else str(path)
 
 
 def _existing(path: str | Path, flag: str) -> Path:

@@ -1,4 +1,5 @@
-"""Two-stage training of the FacePhi LLM under HF ``accelerate`` (`facephi train`).
+"""Two-stage training of the FacePhi LLM (`facephi train`): the training loop of
+:mod:`facephi.train.loop` with the model's next-token loss, under HF ``accelerate``.
 
 Stage 1 freezes the LLM and the landmark encoder and trains the projector; stage 2 also
 trains the LLM (full fine-tuning, or a LoRA adapter). The same code runs on one CPU, one GPU
@@ -23,13 +24,13 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from facephi.train import checkpoint as ckpt
 from facephi.train.config import TrainConfig
-from facephi.train.schedules import build_scheduler
+from facephi.train.loop import RUN_FILE, LoopSettings, TrainingLoop, check_resume, set_train_mode
 from facephi.utils.errors import FacePhiError
-from facephi.utils.io import read_json, write_json
+from facephi.utils.io import write_json
 from facephi.utils.runinfo import run_info, seed_everything
 
 logger = logging.getLogger(__name__)
@@ -37,7 +38,6 @@ logger = logging.getLogger(__name__)
 FINAL_DIR = "final"
 # Fields that may change between an interrupted run and its resumption.
 RESUMABLE_CHANGES = frozenset({"save_every", "keep_checkpoints", "log_every", "threads", "fast_path"})
-RUN_FILE = "run.json"
 
 
 @dataclass
@@ -69,11 +69,6 @@ def collate_train(items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
     return batch
 
 
-def _set_epoch(dataset: Dataset, epoch: int) -> None:
-    if hasattr(dataset, "set_epoch"):
-        dataset.set_epoch(epoch)
-
-
 # ---------------------------------------------------------------------------- model helpers
 
 def resolve_mixed_precision(value: str) -> str:
@@ -88,36 +83,6 @@ def resolve_mixed_precision(value: str) -> str:
     return value
 
 
-def build_optimizer(params: list[torch.nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW; with ``fast_path`` its fused kernel (one kernel for all parameters: the same update,
-    several times faster than the default for-each kernel on the LLM of stage 2) where torch has it."""
-    if config.fast_path:
-        try:
-            return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
-        except (RuntimeError, ValueError):  # a device or dtype without the fused kernel
-            pass
-    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-
-
-def set_train_mode(model: torch.nn.Module) -> None:
-    """Train mode, except that modules without trainable parameters run in eval mode.
-
-    Frozen parts (the encoder's BatchNorm statistics, a frozen LLM's dropout) thus stay exactly
-    as loaded.
-    """
-    model.train()
-
-    def visit(module: torch.nn.Module) -> None:
-        params = list(module.parameters())
-        if params and not any(p.requires_grad for p in params):
-            module.eval()
-            return
-        for child in module.children():
-            visit(child)
-
-    visit(model)
-
-
 # ---------------------------------------------------------------------------- the run folder
 
 def run_started(run_dir: Path) -> bool:
@@ -127,33 +92,6 @@ def run_started(run_dir: Path) -> bool:
     is lost by starting it again.
     """
     return bool(ckpt.list_checkpoints(run_dir)) or (Path(run_dir) / FINAL_DIR).exists()
-
-
-def saved_settings(run_dir: Path) -> dict[str, Any] | None:
-    """The settings a run was started with (``run.json``; older runs kept them in ``config.json``)."""
-    run_file, legacy = Path(run_dir) / RUN_FILE, Path(run_dir) / "config.json"
-    if run_file.is_file() and "settings" in (data := read_json(run_file)):
-        return data["settings"]
-    if legacy.is_file() and "train" in (data := read_json(legacy)):
-        return data
-    return None
-
-
-def _check_run_dir(run_dir: Path, resolved: dict[str, Any], resume: bool) -> None:
-    """Refuse to overwrite a run; on resume, refuse a run with other settings."""
-    if run_started(run_dir) and not resume:
-        raise FacePhiError(f"{run_dir} already holds a training run; pass --resume to continue it "
-                           "or choose another --out")
-    saved = saved_settings(run_dir) if resume else None
-    if saved is not None:
-        old = TrainConfig.from_dict(saved.get("train", {}), source=str(run_dir / RUN_FILE)).to_dict()
-        new = resolved["train"]
-        changed = sorted(k for k in set(old) | set(new)
-                         if k not in RESUMABLE_CHANGES and old.get(k) != new.get(k))
-        changed += sorted(k for k in ("sources", "data") if saved.get(k) != resolved.get(k))
-        if changed:
-            raise FacePhiError(f"{run_dir}: cannot resume, the run was started with other "
-                               f"settings ({', '.join(changed)})")
 
 
 @torch.no_grad()
@@ -192,80 +130,60 @@ class _StageRun:
         self.accelerator = acc = Accelerator(  # cpu=True lets torchrun start several CPU processes
             mixed_precision=resolve_mixed_precision(config.mixed_precision),
             gradient_accumulation_steps=config.grad_accum, cpu=not torch.cuda.is_available())
-        self.sampler = ckpt.EpochBatchSampler(len(train_set), config.batch_size, config.grad_accum,
-                                              config.seed, acc.num_processes, acc.process_index)
-        self.total_steps = config.epochs * self.sampler.steps_per_epoch
-        if config.max_steps:
-            self.total_steps = min(self.total_steps, config.max_steps)
-        self.micro_batch = self.sampler.micro_batch_size // acc.num_processes
+        self.loop = loop = TrainingLoop(acc, len(train_set), loop_settings(config))
+        self.total_steps, self.micro_batch = loop.total_steps, loop.micro_batch
         resolved = {
             "train": config.to_dict(),
             "sources": sources,
             "data": {"train_samples": len(train_set), "valid_samples": len(valid_set) if valid_set else 0},
-            "schedule": {"steps_per_epoch": self.sampler.steps_per_epoch, "total_steps": self.total_steps,
+            "schedule": {"steps_per_epoch": loop.steps_per_epoch, "total_steps": self.total_steps,
                          "micro_batch_per_process": self.micro_batch, "num_processes": acc.num_processes,
                          "mixed_precision": acc.mixed_precision},
         }
-        _check_run_dir(run_dir, resolved, resume)
+        if run_started(run_dir) and not resume:
+            raise FacePhiError(f"{run_dir} already holds a training run; pass --resume to continue it "
+                               "or choose another --out")
+        check_resume(run_dir, {k: resolved[k] for k in ("train", "sources", "data")}, RESUMABLE_CHANGES, resume,
+                     configs={"train": TrainConfig})
 
         seed_everything(config.seed)
         lora_config = ({"r": config.lora_r, "lora_alpha": config.lora_alpha, "lora_dropout": config.lora_dropout}
                        if config.lora else None)
         model.set_trainable(config.stage, lora=config.lora, lora_config=lora_config,
                             train_encoder=config.train_encoder)
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        if not self.params:
-            raise FacePhiError(f"stage {config.stage}: the model has no trainable parameters")
         if hasattr(model, "fast_path"):  # FacePhiModel: shared-prefix cache in its forward
             model.fast_path = config.fast_path
-        optimizer = build_optimizer(self.params, config)
-        # The scheduler is stepped by hand once per optimizer step (accelerate's wrapper would
-        # step it once per process).
-        self.scheduler = build_scheduler(optimizer, config.lr_schedule, config.warmup_ratio, self.total_steps)
-        self.model, self.optimizer = acc.prepare(model, optimizer)
-        self.unwrapped = acc.unwrap_model(self.model)
-        self.scaler = getattr(acc, "scaler", None)
+        if not any(p.requires_grad for p in model.parameters()):
+            raise FacePhiError(f"stage {config.stage}: the model has no trainable parameters")
+        loop.setup(model)
+        self.model, self.unwrapped = loop.model, loop.unwrapped
 
         self.metrics: dict[str, Any] = {
             "stage": config.stage, "total_steps": self.total_steps, "batch_size": config.batch_size,
             "log": [], "valid_loss_start": None, "valid_loss_end": None,
             "train_seconds": 0.0, "wall_seconds": 0.0, "samples_per_second": None}
-        self.epoch = self.step_in_epoch = self.global_step = 0
         checkpoints = ckpt.list_checkpoints(run_dir) if resume else []
         if resume and not checkpoints:
             logger.info("%s: no checkpoint to resume from; starting at step 0", run_dir)
         if checkpoints:
-            state = ckpt.read_checkpoint(checkpoints[-1], model=self.unwrapped, optimizer=self.optimizer,
-                                         scheduler=self.scheduler, scaler=self.scaler, rank=acc.process_index)
-            self.epoch, self.step_in_epoch = state["epoch"], state["step_in_epoch"]
-            self.global_step, self.metrics = state["global_step"], state["metrics"]
+            self.metrics = loop.resume(checkpoints[-1])["metrics"]
             logger.info("resuming %s from %s (step %d of %d)", run_dir, checkpoints[-1].name,
-                        self.global_step, self.total_steps)
+                        loop.global_step, self.total_steps)
         if acc.is_main_process:
             run_dir.mkdir(parents=True, exist_ok=True)
             write_json(run_dir / RUN_FILE, run_info(config.seed, settings=resolved, stage=config.stage,
-                                                      resumed_at_step=self.global_step))
+                                                      resumed_at_step=loop.global_step,
+                                                      optimizer_kernel=loop.optimizer_kernel))
+
+    @property
+    def global_step(self) -> int:
+        return self.loop.global_step
 
     # -- checkpoints -------------------------------------------------------------------------
 
     def save(self, final: bool) -> None:
         acc = self.accelerator
-        target = ckpt.checkpoint_dir(self.run_dir, self.global_step)
-        if not target.exists():
-            staging = ckpt.staging_path(target)
-            if acc.is_main_process:
-                ckpt.staging_dir(target)
-            acc.wait_for_everyone()
-            ckpt.write_rng(staging, acc.process_index)
-            if acc.is_main_process:
-                state = {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
-                         "global_step": self.global_step, "metrics": self.metrics}
-                ckpt.write_checkpoint(staging, model=self.unwrapped, optimizer=self.optimizer,
-                                      scheduler=self.scheduler, scaler=self.scaler, state=state)
-            acc.wait_for_everyone()
-            if acc.is_main_process:
-                ckpt.commit_dir(staging, target)
-                ckpt.prune_checkpoints(self.run_dir, self.config.keep_checkpoints)
+        self.loop.save_checkpoint(self.run_dir, {"metrics": self.metrics})
         if acc.is_main_process:
             write_json(self.run_dir / "metrics.json", self.metrics)
             if final:  # save_pretrained writes a staging folder and renames it into place
@@ -274,66 +192,39 @@ class _StageRun:
 
     # -- the loop ----------------------------------------------------------------------------
 
-    def train_step(self, micro_batches: Any) -> torch.Tensor:
-        """One optimizer step over ``grad_accum`` micro-batches; returns the mean loss."""
-        acc, losses = self.accelerator, []
-        for _ in range(self.config.grad_accum):
-            batch = {k: v.to(acc.device) for k, v in next(micro_batches).items()}
-            with acc.accumulate(self.model):
-                loss = self.model(**batch).loss
-                acc.backward(loss)
-                losses.append(loss.detach().float())
-                if acc.sync_gradients:
-                    if self.config.max_grad_norm:
-                        acc.clip_grad_norm_(self.params, self.config.max_grad_norm)
-                    self.optimizer.step()
-                    self.scheduler.step()
-                    self.optimizer.zero_grad(set_to_none=True)
-        if not acc.sync_gradients:  # pragma: no cover - guards the data/step alignment
-            raise RuntimeError("gradient accumulation is out of step with the data order")
-        return torch.stack(losses).mean()
+    @staticmethod
+    def loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return model(**batch).loss
 
     def run(self, stop_after: int | None, progress: bool) -> StageResult:
         from facephi.utils.progress import progress_bar
 
-        acc, config, metrics = self.accelerator, self.config, self.metrics
+        acc, config, metrics, loop = self.accelerator, self.config, self.metrics, self.loop
         invocation_start = time.perf_counter()
         if self.valid_set is not None and metrics["valid_loss_start"] is None:
             metrics["valid_loss_start"] = evaluate_loss(self.model, self.valid_set, self.micro_batch, acc,
                                                         self.collate)
-        set_train_mode(self.model)
-        bar = progress_bar(total=self.total_steps, initial=self.global_step, desc=f"stage {config.stage}",
+        bar = progress_bar(total=self.total_steps, initial=loop.global_step, desc=f"stage {config.stage}",
                            unit="steps", enabled=progress and acc.is_local_main_process)
-        steps_here, self.window = 0, []
-
-        def keep_going() -> bool:
-            return self.global_step < self.total_steps and not (stop_after and steps_here >= stop_after)
-
-        while keep_going():
-            if self.step_in_epoch >= self.sampler.steps_per_epoch:
-                self.epoch, self.step_in_epoch = self.epoch + 1, 0
-            _set_epoch(self.train_set, self.epoch)
-            self.sampler.set_position(self.epoch, self.step_in_epoch)
-            micro_batches = iter(DataLoader(self.train_set, batch_sampler=self.sampler,
-                                            collate_fn=self.collate))
-            while self.step_in_epoch < self.sampler.steps_per_epoch and keep_going():
-                tic = time.perf_counter()
-                self.window.append(self.train_step(micro_batches))
-                metrics["train_seconds"] += time.perf_counter() - tic
-                self.step_in_epoch, self.global_step = self.step_in_epoch + 1, self.global_step + 1
-                steps_here += 1
-                bar.update(1)
-                periodic = config.save_every and self.global_step % config.save_every == 0
-                if periodic or self.global_step % config.log_every == 0 or self.global_step == self.total_steps:
-                    bar.set_postfix(loss=f"{self.log_window():.4f}")
-                if periodic and self.global_step < self.total_steps:
-                    self._account(invocation_start)
-                    invocation_start = time.perf_counter()
-                    self.save(final=False)
+        self.window = []
+        tic = time.perf_counter()
+        for loss in loop.steps(self.train_set, self.loss, self.collate, stop_after):
+            self.window.append(loss)
+            metrics["train_seconds"] += time.perf_counter() - tic
+            bar.update(1)
+            step = loop.global_step
+            periodic = config.save_every and step % config.save_every == 0
+            if periodic or step % config.log_every == 0 or step == self.total_steps:
+                bar.set_postfix(loss=f"{self.log_window():.4f}")
+            if periodic and step < self.total_steps:
+                self._account(invocation_start)
+                invocation_start = time.perf_counter()
+                self.save(final=False)
+            tic = time.perf_counter()
         bar.close()
         if self.window:  # stopped between log steps: the checkpoint below must not lose these losses
             self.log_window()
-        finished = self.global_step >= self.total_steps
+        finished = loop.finished
         if finished and self.valid_set is not None and metrics["valid_loss_end"] is None:
             metrics["valid_loss_end"] = evaluate_loss(self.model, self.valid_set, self.micro_batch, acc,
                                                       self.collate)
@@ -341,14 +232,14 @@ class _StageRun:
         if not (finished and (self.run_dir / FINAL_DIR).is_dir()):
             self.save(final=finished)
         self.unwrapped.eval()
-        return StageResult(self.run_dir, self.global_step, self.total_steps, finished, metrics)
+        return StageResult(self.run_dir, loop.global_step, self.total_steps, finished, metrics)
 
     def log_window(self) -> float:
         """Append the mean loss of the steps since the last entry to the loss curve; return it."""
         loss = float(self.accelerator.reduce(torch.stack(self.window).mean(), reduction="mean"))
         self.window = []
-        self.metrics["log"].append({"step": self.global_step, "epoch": self.epoch, "loss": loss,
-                                    "lr": self.scheduler.get_last_lr()[0],
+        self.metrics["log"].append({"step": self.loop.global_step, "epoch": self.loop.epoch, "loss": loss,
+                                    "lr": self.loop.current_lr(),
                                     "train_seconds": round(self.metrics["train_seconds"], 3)})
         return loss
 
@@ -356,9 +247,18 @@ class _StageRun:
         """Add this invocation's elapsed time to the metrics and update the throughput."""
         metrics = self.metrics
         metrics["wall_seconds"] += time.perf_counter() - since
-        metrics["samples_seen"] = self.global_step * self.config.batch_size
+        metrics["samples_seen"] = self.loop.global_step * self.config.batch_size
         if metrics["train_seconds"] > 0:
             metrics["samples_per_second"] = metrics["samples_seen"] / metrics["train_seconds"]
+
+
+def loop_settings(config: TrainConfig) -> LoopSettings:
+    """The training-loop settings of an LLM stage."""
+    return LoopSettings(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
+                        weight_decay=config.weight_decay, lr_schedule=config.lr_schedule,
+                        warmup_ratio=config.warmup_ratio, seed=config.seed, grad_accum=config.grad_accum,
+                        max_grad_norm=config.max_grad_norm, max_steps=config.max_steps,
+                        fused_adamw=config.fast_path, keep_checkpoints=config.keep_checkpoints)
 
 
 def train_stage(

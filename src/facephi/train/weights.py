@@ -1,5 +1,6 @@
-"""Class weights from label counts, shared by ``facephi align --objective classify`` (cross-entropy
-weights) and ``facephi train`` (the weight of each answer's loss)."""
+"""Class weights and the class prior from label counts: the weights are shared by ``facephi align
+--objective classify`` (cross-entropy weights) and ``facephi train`` (the weight of each answer's
+loss); the prior is that of ``facephi align --logit-adjust``."""
 
 from __future__ import annotations
 
@@ -24,3 +25,11 @@ def class_weights(labels: np.ndarray, num_classes: int, kind: str = "balanced") 
     if kind == "sqrt":
         weights = np.sqrt(weights)
     return torch.tensor(weights, dtype=torch.float32)
+
+
+def class_prior(labels: np.ndarray, num_classes: int) -> torch.Tensor:
+    """The class frequencies ``n_c / N`` of ``labels`` ``[num_classes]`` (0 for absent classes)."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes).astype(np.float64)
+    if counts.sum() == 0:
+        raise ValueError("no labels to estimate a class prior from")
+    return torch.tensor(counts / counts.sum(), dtype=torch.float32)
