@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from facephi.landmarks.normalize import Normalizer
-from facephi.model.encoder import LandmarkEncoder, LandmarkEncoderConfig
+from facephi.model.encoder import LandmarkEncoder, LandmarkEncoderConfig, backbone_config
+from facephi.model.landmark_mlp import LandmarkMLPConfig, LandmarkMLPEncoder
 from facephi.model.pointmlp import PointMLPConfig
 from facephi.utils.errors import FacePhiError
 
@@ -103,3 +104,52 @@ def test_loading_errors_are_specific(tmp_path):
     (directory / "config.json").write_text("{not json")
     with pytest.raises(FacePhiError, match="config.json: invalid JSON"):
         LandmarkEncoder.from_pretrained(directory)
+
+
+def tiny_landmark_mlp(objective: str) -> LandmarkEncoder:
+    torch.manual_seed(0)
+    template = np.random.default_rng(0).uniform(-1, 1, (478, 3))
+    config = LandmarkEncoderConfig(backbone_type="landmark-mlp",
+                                   backbone=dataclasses.asdict(LandmarkMLPConfig(hidden_dim=8, feature_dim=16)),
+                                   objective=objective, text_dim=12, text_tower="tiny",
+                                   normalizer=Normalizer(template=template).to_dict())
+    model = LandmarkEncoder(config)
+    if objective == "align":
+        model.set_class_text_embeddings(torch.randn(8, 12))
+    model.backbone.fit_landmark_statistics(torch.from_numpy(template).float() + 0.05 * torch.randn(16, 478, 3))
+    return model.eval()
+
+
+@pytest.mark.parametrize("objective", ["align", "classify"])
+def test_landmark_mlp_round_trip_gives_identical_outputs(objective, tmp_path):
+    model = tiny_landmark_mlp(objective)
+    x = points()
+    with torch.no_grad():
+        features, logits = model(x), model.class_logits(x)
+    assert features.shape == (3, 16) and logits.shape == (3, 8)
+    model.save_pretrained(tmp_path / "ckpt")
+    assert json.loads((tmp_path / "ckpt" / "config.json").read_text())["backbone_type"] == "landmark-mlp"
+    loaded = LandmarkEncoder.from_pretrained(tmp_path / "ckpt")
+    with torch.no_grad():
+        assert torch.equal(loaded(x), features) and torch.equal(loaded.class_logits(x), logits)
+
+
+def test_landmark_mlp_standardises_each_coordinate_by_the_training_faces():
+    backbone = LandmarkMLPEncoder(LandmarkMLPConfig(hidden_dim=4, feature_dim=4))
+    faces = torch.randn(64, 478, 3) * torch.linspace(0.5, 2.0, 3) + 3.0
+    backbone.fit_landmark_statistics(faces)
+    standardised = (faces.flatten(1) - backbone.input_mean) / backbone.input_std
+    assert torch.allclose(standardised.mean(0), torch.zeros(478 * 3), atol=1e-4)
+    assert torch.allclose(standardised.std(0), torch.ones(478 * 3), atol=1e-4)
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        backbone.fit_landmark_statistics(faces[:1])
+    with pytest.raises(ValueError, match=r"expected points \[B, 478, 3\]"):
+        backbone(torch.zeros(2, 468, 3))
+
+
+def test_encoder_presets_name_their_backbone_kind():
+    assert backbone_config("landmark-mlp", {"hidden_dim": 64})[0] == "landmark-mlp"
+    assert backbone_config("landmark-mlp", {"hidden_dim": 64})[1].hidden_dim == 64
+    assert backbone_config("pointmlp-elite", {})[0] == "pointmlp"
+    with pytest.raises(FacePhiError, match="backbone_type"):
+        LandmarkEncoderConfig(backbone_type="resnet")

@@ -29,7 +29,11 @@ POINTMLP_PRESETS: dict[str, dict[str, Any]] = {
                        "pre_blocks": [1, 1, 2, 1], "pos_blocks": [1, 1, 2, 1]},
 }
 """``PointMLPConfig`` values per architecture (PointMLP and PointMLP-elite, Ma et al. 2022)."""
-ENCODERS = tuple(POINTMLP_PRESETS)
+LANDMARK_MLP_PRESETS: dict[str, dict[str, Any]] = {
+    "landmark-mlp": {"hidden_dim": 512, "layers": 2, "dropout": 0.3, "feature_dim": 256},
+}
+"""``LandmarkMLPConfig`` values per architecture (an MLP on the standardised landmark coordinates)."""
+ENCODERS = tuple(POINTMLP_PRESETS) + tuple(LANDMARK_MLP_PRESETS)
 """The landmark encoder architectures (``facephi align --encoder``)."""
 
 OBJECTIVES = ("align", "classify")

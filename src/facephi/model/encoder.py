@@ -1,4 +1,5 @@
-"""The landmark encoder: PointMLP backbone + its landmark normaliser + an objective-specific head.
+"""The landmark encoder: a backbone (PointMLP or the landmark MLP) + its landmark normaliser + an
+objective-specific head.
 
 ``objective="align"`` (ULIP/CLIP feature alignment, paper section 3.3): a bias-free projection of
 the 256-d feature to the text tower's dimension, a learnable logit scale, and a buffer with one
@@ -26,7 +27,9 @@ from facephi.labels import CLASSES
 from facephi.landmarks.normalize import Normalizer
 from facephi.model.checkpoints import ENCODER, ENCODER_CONFIG_TYPE, check_model_dir
 from facephi.model.losses import init_logit_scale, logit_scale_value
+from facephi.model.landmark_mlp import LandmarkMLPConfig, LandmarkMLPEncoder
 from facephi.model.pointmlp import PointMLPConfig, PointMLPEncoder
+from facephi.presets import LANDMARK_MLP_PRESETS
 from facephi.presets import OBJECTIVES
 from facephi.utils.errors import FacePhiError
 from facephi.utils.io import atomic_path, write_json
@@ -34,6 +37,18 @@ from facephi.utils.io import atomic_path, write_json
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 CONFIG_TYPE = ENCODER_CONFIG_TYPE
+BACKBONES: dict[str, tuple[type[Config], type[nn.Module]]] = {
+    "pointmlp": (PointMLPConfig, PointMLPEncoder),
+    "landmark-mlp": (LandmarkMLPConfig, LandmarkMLPEncoder),
+}
+"""Backbone kinds: their config class and module."""
+
+
+def backbone_config(encoder: str, options: dict[str, Any]) -> tuple[str, Config]:
+    """The backbone kind and config of a named encoder preset (``ENCODERS``) with field overrides."""
+    if encoder in LANDMARK_MLP_PRESETS:
+        return "landmark-mlp", LandmarkMLPConfig.preset(encoder, **options)
+    return "pointmlp", PointMLPConfig.preset(encoder, **options)
 
 
 @dataclass
@@ -41,7 +56,8 @@ class LandmarkEncoderConfig(Config):
     """Everything needed to rebuild a :class:`LandmarkEncoder` (JSON-able).
 
     Attributes:
-        backbone: the ``PointMLPConfig`` as a dict (``PointMLPConfig.to_dict``).
+        backbone_type: the backbone kind, a key of ``BACKBONES``.
+        backbone: its config as a dict (``PointMLPConfig`` / ``LandmarkMLPConfig``).
         objective: ``"align"`` or ``"classify"``.
         classes: class names, index order of the logits.
         normalizer: ``Normalizer.to_dict()`` (template included); ``None`` = inputs already normalised.
@@ -52,6 +68,7 @@ class LandmarkEncoderConfig(Config):
         training: a summary of how it was trained (filled by training).
     """
 
+    backbone_type: str = setting("pointmlp", choices=tuple(BACKBONES), cli=False, help="the backbone kind")
     backbone: dict[str, Any] = field(default_factory=lambda: PointMLPConfig.preset("pointmlp").to_dict())
     objective: str = setting("align", choices=OBJECTIVES, cli=False, help="how the encoder was trained (its head)")
     classes: list[str] = field(default_factory=lambda: list(CLASSES))
@@ -72,7 +89,7 @@ class LandmarkEncoderConfig(Config):
 
 
 class LandmarkEncoder(nn.Module):
-    """PointMLP landmark encoder with an alignment or classification head.
+    """Landmark encoder (PointMLP or landmark MLP backbone) with an alignment or classification head.
 
     ``forward(points) -> [B, 256]`` is the feature ``e`` fed to the LLM projector;
     ``class_logits(points) -> [B, C]`` classifies (zero-shot via caption embeddings when aligned).
@@ -82,8 +99,9 @@ class LandmarkEncoder(nn.Module):
     def __init__(self, config: LandmarkEncoderConfig) -> None:
         super().__init__()
         self.config = config
-        self.backbone_config = PointMLPConfig.from_dict(config.backbone)
-        self.backbone = PointMLPEncoder(self.backbone_config)
+        config_class, backbone_class = BACKBONES[config.backbone_type]
+        self.backbone_config = config_class.from_dict(config.backbone)
+        self.backbone = backbone_class(self.backbone_config)
         self.normalizer = Normalizer.from_dict(config.normalizer) if config.normalizer else None
         num_classes = len(config.classes)
         if config.objective == "align":
@@ -96,7 +114,7 @@ class LandmarkEncoder(nn.Module):
 
     @property
     def feature_dim(self) -> int:
-        """Size of the feature ``e`` (256 for PointMLP)."""
+        """Size of the feature ``e`` (256 for both backbone presets)."""
         return int(self.backbone_config.feature_dim)
 
     @property

@@ -93,14 +93,14 @@ def split_indices(landmark_set: Any, config: AlignConfig) -> dict[str, np.ndarra
 
 
 def _new_model(config: AlignConfig, normalizer: Any) -> LandmarkEncoder:
-    from facephi.model.encoder import LandmarkEncoderConfig
-    from facephi.model.pointmlp import PointMLPConfig
+    from facephi.model.encoder import LandmarkEncoderConfig, backbone_config
 
     try:
-        backbone = PointMLPConfig.preset(config.encoder, **config.encoder_options)
+        backbone_type, backbone = backbone_config(config.encoder, config.encoder_options)
     except (TypeError, ValueError) as exc:
         raise FacePhiError(f"--encoder {config.encoder} with options {config.encoder_options}: {exc}") from exc
     encoder_config = LandmarkEncoderConfig(
+        backbone_type=backbone_type,
         backbone=backbone.to_dict(),
         objective=config.objective,
         normalizer=normalizer.to_dict(),

@@ -39,9 +39,9 @@ class AlignConfig(Config):
     objective: str = setting("align", choices=OBJECTIVES,
                              help="align: CLIP loss against class captions (paper 3.3); classify: cross-entropy "
                                   "(the paper's ablation encoder)")
-    encoder: str = setting("pointmlp", choices=ENCODERS, help="PointMLP preset")
+    encoder: str = setting("pointmlp", choices=ENCODERS, help="encoder architecture preset")
     encoder_options: dict[str, Any] = setting(default_factory=dict, flag="--encoder-option", metavar="KEY=VALUE",
-                                              help="override a PointMLPConfig field, JSON value "
+                                              help="override a field of the encoder's backbone config, JSON value "
                                                    "(e.g. k_neighbors=[16,16,16,16]); repeatable")
     epochs: int = setting(20, min=1, help="passes over the training split")
     batch_size: int = setting(64, min=2, help="samples per step")
