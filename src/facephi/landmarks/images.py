@@ -55,8 +55,7 @@ def _high_bit_to_rgb(image: Image.Image, top: float, max_side: int) -> np.ndarra
     grey = np.asarray(image)
     if grey.dtype not in (np.uint8, np.uint16, np.float32):
         grey = grey.astype(np.float32)
-    if max(grey.shape) > max_side:
-        grey = _downscale(grey, max_side)
+    grey = downscale(grey, max_side)
     small = np.nan_to_num(grey.astype(np.float32), nan=0.0, posinf=top, neginf=0.0)
     offset = 0.5 if grey.dtype.kind != "f" else 0.0
     small = np.clip(small * np.float32(255.0 / top) + np.float32(offset), 0, 255).astype(np.uint8)
@@ -122,9 +121,7 @@ def from_pil(image: Image.Image, max_side: int = 1280, name: str = "<image>") ->
         rgb = _orient(rgb, orientation)
     if orientation in _TRANSPOSED:
         width, height = height, width
-    if max(rgb.shape[:2]) > max_side:
-        rgb = _downscale(rgb, max_side)
-    return LoadedImage(rgb=np.ascontiguousarray(rgb), width=width, height=height)
+    return LoadedImage(rgb=np.ascontiguousarray(downscale(rgb, max_side)), width=width, height=height)
 
 
 _ORIENTATIONS = {
@@ -185,10 +182,14 @@ def _decode(opened: Path | io.BytesIO, name: str, head: bytes, max_side: int) ->
 _SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"II*\x00", b"MM\x00*", b"RIFF")
 
 
-def _downscale(rgb: np.ndarray, max_side: int) -> np.ndarray:
+def downscale(rgb: np.ndarray, max_side: int) -> np.ndarray:
+    """``rgb`` (an [H, W] or [H, W, C] array) resized (area filter) so its longest side is <= ``max_side``;
+    unchanged when it already is."""
     import cv2
 
     h, w = rgb.shape[:2]
+    if max(h, w) <= max_side:
+        return rgb
     scale = max_side / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)

@@ -113,7 +113,7 @@ def run_demo(config: DemoConfig, progress: bool = True) -> list[dict[str, Any]]:
         check_model_dir(model, "--model")
     print(f"Answering with {model} (only the 478 landmarks of each face reach the model)\n")
     with FacePhi.from_pretrained(model, threads=config.threads) as facephi:
-        results = [facephi.predict(path) for path in paths]
+        results = [facephi.predict_one(path) for path in paths]
     print(format_table(paths, results, truths))
     print("\nWeb demo: facephi serve   (then open http://127.0.0.1:8000)")
     return results
