@@ -62,21 +62,27 @@ class EchoModel:
         scores = {name: round(1 / len(CLASSES), 4) for name in CLASSES}
         return {"input": "<landmarks>", "answer": f"echo {tag}", "predicted_class": None, "scores": scores, **extra}
 
-    def predict_landmarks(self, landmarks: Any, image_size: Any = None, return_landmarks: bool = False) -> list[dict]:
-        self._enter()
-        try:
-            faces = np.asarray(landmarks, dtype=np.float32).reshape(-1, 478, 3)
-            return [self.face(f"{float(face[0, 0]):.6f}") for face in faces]
-        finally:
-            self._exit()
+    def iter_predict(self, items: list[Any], all_faces: bool = False, image_size: Any = None,
+                     return_landmarks: bool = False) -> Iterator[dict]:
+        """One answer per face, ``delay_s`` each: landmark arrays tagged by their first x; encoded
+        images decoded as the real API decodes them (``load_image``, header checks included)."""
+        from facephi.landmarks.images import ImageError, load_image
 
-    def predict_many(self, items: list[Any], all_faces: bool = False, image_size: Any = None,
-                     return_landmarks: bool = False) -> list[dict]:
-        self._enter()
-        try:
-            return [self.face(f"{item.size[0]}x{item.size[1]}", input="<image>") for item in items]
-        finally:
-            self._exit()
+        for item in items:
+            if isinstance(item, bytes):
+                try:
+                    image = load_image(item, name="<bytes>")
+                except ImageError as exc:
+                    yield {"input": "<bytes>", "error": str(exc)}
+                    continue
+                self._enter()
+                self._exit()
+                yield self.face(f"{image.width}x{image.height}", input="<bytes>")
+                continue
+            for face in np.asarray(item, dtype=np.float32).reshape(-1, 478, 3):
+                self._enter()
+                self._exit()
+                yield self.face(f"{float(face[0, 0]):.6f}")
 
 
 def free_port(host: str = "127.0.0.1") -> socket.socket:
@@ -88,11 +94,12 @@ def free_port(host: str = "127.0.0.1") -> socket.socket:
 
 @contextlib.contextmanager
 def running_server(app: Any, host: str = "127.0.0.1") -> Iterator[str]:
-    """Serve ``app`` with uvicorn in a thread on ``host`` and a free port; yields the base URL."""
-    import uvicorn
+    """Serve ``app`` as ``facephi serve`` does (uvicorn with its limits) in a thread on ``host`` and a free
+    port; yields the base URL."""
+    from facephi.serve.server import make_server
 
     sock = free_port(host)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on"))
+    server = make_server(app)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="uvicorn")
     thread.start()
     deadline = time.monotonic() + 30
