@@ -78,7 +78,7 @@ class EchoModel:
 
     def iter_predict(self, items: list[Any], all_faces: bool = False, image_size: Any = None,
                      return_landmarks: bool = False) -> Iterator[dict]:
-        """One answer per face, ``delay_s`` each: landmark arrays tagged by their first x; encoded
+        """One answer per face, ``delay_s`` each (the server asks for at most 16 faces at a time): landmark arrays tagged by their first x; encoded
         images decoded as the real API decodes them (``load_image``, header checks included)."""
         from facephi.landmarks.images import ImageError, load_image
 

@@ -49,6 +49,8 @@ logger = logging.getLogger(__name__)
 
 STATIC = Path(__file__).resolve().parent / "static"
 IMAGE_TYPES = ("image/", "application/octet-stream")
+FACES_PER_STEP = 16
+"""Faces of a landmark request answered in one turn of the model worker (one model batch)."""
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; img-src 'self' blob: data:; "
     "media-src 'self' blob: mediastream:; connect-src 'self'; worker-src 'self' blob:; object-src 'none'; "
@@ -168,17 +170,21 @@ def create_app(model: Any, max_upload_bytes: int = 5 * 2**20, timeout_s: float =
                        "max_faces_per_request": MAX_FACES_PER_REQUEST, "max_pending": max_pending},
         })
 
-    def landmark_steps(body: bytes, return_landmarks: bool) -> Iterator[dict[str, Any]]:
+    def landmark_steps(body: bytes, return_landmarks: bool) -> Iterator[tuple[list[dict[str, Any]], bool]]:
         landmarks, size = landmarks_request(body)  # parsed here, in the model worker
-        yield from model.iter_predict([landmarks], image_size=size, return_landmarks=return_landmarks)
+        for start in range(0, len(landmarks), FACES_PER_STEP):
+            chunk = landmarks[start:start + FACES_PER_STEP]
+            yield (list(model.iter_predict([chunk], image_size=size, return_landmarks=return_landmarks)),
+                   start + FACES_PER_STEP >= len(landmarks))
 
-    def image_steps(body: bytes, content_type: str, all_faces: bool, return_landmarks: bool) -> Iterator[dict[str, Any]]:
+    def image_steps(body: bytes, content_type: str, all_faces: bool,
+                    return_landmarks: bool) -> Iterator[tuple[list[dict[str, Any]], bool]]:
         data = multipart_file(body, content_type) if content_type.lower().startswith("multipart/") else body
         del body
         if not data:
             raise HTTPProblem(422, "empty upload: no image bytes received")
         # decoded once, here: landmarks/images.py checks the header before decoding, at reduced size
-        yield from model.iter_predict([data], all_faces=all_faces, return_landmarks=return_landmarks)
+        yield list(model.iter_predict([data], all_faces=all_faces, return_landmarks=return_landmarks)), True
 
     @app.post("/predict")
     async def predict(request: Request) -> JSONResponse:

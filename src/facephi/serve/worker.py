@@ -2,10 +2,10 @@
 decoding, meshing, the model) in turns, with a deadline per request and a bounded number of requests
 admitted at once.
 
-A request's work is an iterator of answers (``FacePhi.iter_predict``: one model batch at most per
-step). The worker takes one step of the oldest waiting request, then puts it at the back of the line,
-so a small request waits for at most one batch of each request before it, not for a 64-face request
-to end. A request counts against ``max_pending`` from its admission until its work has ended
+A request's work is an iterator of steps, each ``(answers, last)``: one model batch at most per step
+(up to 16 faces, or one image). The worker takes one step of the oldest waiting request, then puts it
+at the back of the line unless that was its last, so a small request waits for at most one batch of
+each request before it, not for a 64-face request to end. A request counts against ``max_pending`` from its admission until its work has ended
 (answered, failed, or dropped): work whose request has timed out or gone is dropped at its next turn.
 """
 
@@ -63,8 +63,8 @@ class ModelWorker:
         self._thread = threading.Thread(target=self._work, name="facephi-model", daemon=True)
         self._thread.start()
 
-    async def run(self, steps: Iterator[Any], timeout_s: float) -> list[Any]:
-        """Every answer of ``steps``; 503 when ``max_pending`` requests are admitted already, 504 (and
+    async def run(self, steps: Iterator[tuple[list[Any], bool]], timeout_s: float) -> list[Any]:
+        """Every answer of ``steps`` (``(answers, last)`` pairs); 503 when ``max_pending`` requests are admitted already, 504 (and
         the work dropped at its next turn) when it has not ended within ``timeout_s``."""
         with self._ready:
             if self._closed:
@@ -100,15 +100,16 @@ class ModelWorker:
                 continue
             self.busy_since = time.monotonic()
             try:
-                job.rows.append(next(job.steps))
-            except StopIteration:
-                self._end(job, result=job.rows)
-                continue
+                rows, last = next(job.steps, ([], True))
             except BaseException as exc:  # noqa: BLE001 - handed to the request, which reports it
                 self._end(job, error=exc)
                 continue
             finally:
                 self.busy_since = None
+            job.rows.extend(rows)
+            if last:
+                self._end(job, result=job.rows)
+                continue
             with self._ready:
                 self._line.append(job)
 
