@@ -314,7 +314,7 @@ def write_report(path: Path, rows: list[dict[str, Any]], model_path: str | None,
     lines = [title, "",
              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {platform.processor() or platform.machine()}, "
              f"one process; {clients} clients for {seconds:g} s per case, `--timeout-s {timeout_s:g}`. Command: "
-             f"`python benchmarks/serve_load.py --audit --clients {clients} --seconds {seconds:g}"
+             f"`python benchmarks/serve_load.py --audit --clients {clients} --seconds {seconds:g} --timeout-s {timeout_s:g}"
              + (f" --model {model_path}" if model_path else f" --model-ms {model_ms:g}") + "`.", "",
              "| case | others: input | others: ok | others: errors | others: p50 ms | p95 ms | max ms "
              "| beside: requests (status) | beside: p50 ms | dropped work | peak memory growth MB |",

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
+from numbers import Integral
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -232,7 +233,7 @@ class FacePhi:
             raise FacePhiError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         target = resolve_device(device, what="device")  # a wrong device fails before the model loads
         for name, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens), ("threads", threads)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, Integral) or value < 1):
                 raise FacePhiError(f"{name} must be a whole number >= 1, got {value!r}")
         with torch_threads(threads):
             predictor = Predictor.from_pretrained(model_path(path), flag=flag, instruction=instruction,
@@ -240,7 +241,7 @@ class FacePhi:
             predictor.model.to(target)
             if predictor.kind == "facephi":
                 predictor.precision = predictor.model.set_precision(precision)
-        return cls(predictor, threads=threads)
+        return cls(predictor, threads=None if threads is None else int(threads))
 
     @property
     def kind(self) -> str:
