@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
                                         flag="--model")
         info = {"path": str(config.model) if config.model is not None else "default"}
         app = create_app(model, config.max_upload_bytes, config.timeout_s, info=info)
+        sock.listen(2048)  # before the address is printed: a client that reads it is queued, not refused
         port = sock.getsockname()[1]
         shown = f"[{config.host}]" if ":" in config.host else config.host
         print(f"facephi serve: {model.kind} model ({info['path']}) on http://{shown}:{port}/ "
