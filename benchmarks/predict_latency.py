@@ -380,7 +380,7 @@ def report(args: argparse.Namespace, model: Path, info: dict[str, Any], stages: 
     lines += ["", "Stages: (a) image file → 478 landmarks (decode + MediaPipe FaceMesh, largest face); "
               "(b) landmarks → class probabilities (normalise + `class_probabilities`, likelihood of the 8 "
               "class answers); (c) landmarks → answer (normalise + `answer`); (d) image → answer + class "
-              "probabilities through `FacePhi.predict(path)` ((a) + (b) + (c) + answer parsing); (b32) as (b) "
+              "probabilities through `FacePhi.predict_one(path)` ((a) + (b) + (c) + answer parsing); (b32) as (b) "
               "with a float32 copy of the model, measured when the main precision is lower."]
     if notes:
         lines += ["", "Notes:", ""] + [f"- {note}" for note in notes]
