@@ -28,6 +28,7 @@ landmarks), the server's 5xx with the reason logged.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -49,6 +50,8 @@ logger = logging.getLogger(__name__)
 
 STATIC = Path(__file__).resolve().parent / "static"
 IMAGE_TYPES = ("image/", "application/octet-stream")
+SHUTDOWN_WAIT_S = 60.0
+"""Longest wait, when the server stops, for the model step under way (a torch call cannot be cut)."""
 FACES_PER_STEP = 16
 """Faces of a landmark request answered in one turn of the model worker (one model batch)."""
 CONTENT_SECURITY_POLICY = (
@@ -140,7 +143,7 @@ def create_app(model: Any, max_upload_bytes: int = 5 * 2**20, timeout_s: float =
     @asynccontextmanager
     async def lifespan(app: FastAPI):  # noqa: ARG001
         yield
-        worker.close()
+        await asyncio.to_thread(worker.close, SHUTDOWN_WAIT_S)  # the current step ends before the process does
 
     app = FastAPI(title="FacePhi", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)

@@ -126,8 +126,10 @@ class ModelWorker:
             self.dropped += dropped
         job.resolve(result, error)
 
-    def close(self) -> None:
-        """Stop after the current step; requests still waiting get 503."""
+    def close(self, wait_s: float = 0.0) -> None:
+        """Stop after the current step (waiting up to ``wait_s`` for it); requests still waiting get 503."""
         with self._ready:
             self._closed = True
             self._ready.notify_all()
+        if wait_s > 0 and self._thread is not threading.current_thread():
+            self._thread.join(wait_s)
