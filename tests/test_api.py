@@ -304,6 +304,15 @@ def test_inputs_without_a_face_are_reported_and_the_exit_status(media, encoder, 
     assert code == 1 and rows[0]["error"].startswith("unreadable video") and "not-a-video.mp4: unreadable" in err
 
 
+def test_cli_refuses_a_decompression_bomb_by_its_header(encoder, media, capsys, tmp_path):
+    from test_images import write_png
+
+    bomb = write_png(tmp_path / "bomb.png", 13000, 13000)  # 164 KB of zeros, 169 Mpx
+    code, rows, err = run_cli(capsys, "--model", encoder, bomb, media["photo"])
+    assert code == 0 and rows[0]["input"] == str(bomb) and rows[0]["error"].startswith("image too large")
+    assert "13000x13000" in rows[0]["error"] and "error" not in rows[1]
+
+
 def test_default_model(monkeypatch, tmp_path, encoder, media, capsys):
     import facephi.model.defaults as defaults
     import facephi.serve.api as api_module

@@ -286,6 +286,34 @@ def test_upload_limit_is_checked_while_receiving(fake):
     assert fake.calls == 0
 
 
+def test_a_body_that_arrives_too_slowly_is_408(fake):
+    app = create_app(fake, max_upload_bytes=2**20, timeout_s=0.3)
+    received = 0
+
+    async def receive():
+        nonlocal received
+        received += 1
+        await asyncio.sleep(0.1)
+        return {"type": "http.request", "body": b"\xff" * 10, "more_body": received < 100}
+
+    async def run():
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                 "scheme": "http", "path": "/predict", "raw_path": b"/predict", "query_string": b"", "root_path": "",
+                 "headers": [(b"host", b"testserver"), (b"content-type", b"image/jpeg")],
+                 "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 80)}
+        await app(scope, receive, send)
+        return sent
+
+    sent = asyncio.run(run())
+    assert sent[0]["status"] == 408 and b"did not arrive within 0.3 s" in sent[1]["body"]
+    assert received < 10 and fake.calls == 0 and fake.decodes == 0
+
+
 def test_declared_too_large_body_is_refused_before_it_is_sent(fake):
     """On a real server, a Content-Length over the limit gets 413 at once, with no body sent."""
     with load_benchmark("serve_load").running_server(create_app(fake, max_upload_bytes=2**20, timeout_s=5)) as url:
