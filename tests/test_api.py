@@ -122,7 +122,8 @@ def test_every_input_kind_through_the_cli_and_the_api(media, tiny, api, capsys, 
     assert api.predict_many(inputs[:4], image_size=(640, 480)) == still
     result = api.predict_video(media["clip"], fps=2)
     assert result.frames == video and result.per_second == summary["per_second"]
-    assert api.predict(media["group"]) == group[0] and len(group) == 1
+    assert api.predict(media["group"]) == group and len(group) == 1
+    assert api.predict_one(media["group"]) == group[0]
 
     for row in still + [r for r in video if "error" not in r] + group:
         check_answered(row)
@@ -163,9 +164,10 @@ def test_every_input_kind_through_the_cli_and_the_api(media, tiny, api, capsys, 
 
 
 def test_in_memory_inputs_answer_as_their_files(media, api):
-    photo = api.predict(media["photo"])
+    photo = api.predict_one(media["photo"])
+    assert api.predict(media["photo"]) == [photo]
     rgb = np.asarray(Image.open(media["photo"]).convert("RGB"))
-    array, pil, data = (api.predict(x) for x in (rgb, Image.open(media["photo"]), media["photo"].read_bytes()))
+    array, pil, data = (api.predict_one(x) for x in (rgb, Image.open(media["photo"]), media["photo"].read_bytes()))
     assert array["input"] == "<array>" and pil["input"] == str(media["photo"]) and data["input"] == "<bytes>"
     for row in (array, pil, data):
         assert without_input(row) == without_input(photo)
@@ -173,17 +175,97 @@ def test_in_memory_inputs_answer_as_their_files(media, api):
     assert without_input({k: v for k, v in with_mesh.items() if k != "landmarks"}) == without_input(photo)
     assert len(with_mesh["landmarks"]) == 478 and all(len(p) == 2 for p in with_mesh["landmarks"])
     assert all(-0.5 < v < 1.5 for p in with_mesh["landmarks"] for v in p)
-    # raw landmarks: [478, 3] -> a dict, [N, 478, 3] -> a list; the same answers as the .npy file
+    # raw landmarks: one answer per face, the same answers as the .npy file
     faces = np.load(media["npy"])
     from_file = api.predict(media["npy"], image_size=(640, 480))
     assert isinstance(from_file, list) and len(from_file) == 2
-    one = api.predict(faces[1], image_size=(640, 480))
+    assert api.predict(faces[1], image_size=(640, 480)) == [api.predict_one(faces[1], image_size=(640, 480))]
+    one = api.predict_one(faces[1], image_size=(640, 480))
     assert one["input"] == "<landmarks>" and without_input(one) == without_input(from_file[1])
     listed = api.predict_landmarks(faces.tolist(), image_size=(640, 480))
     assert [without_input(r) for r in listed] == [without_input(r) for r in from_file]
     assert api.predict(faces[:1], image_size=(640, 480)) == api.predict(faces[0], image_size=(640, 480))
     with pytest.raises(TypeError, match="cannot predict from a dict"):
         api.predict({"not": "an image"})
+
+
+def test_predict_returns_one_type(media, api, tmp_path):
+    """A list always: one image, a one-image folder, one landmark set, a faceless image; predict_one the
+    largest face's dict, and a clear error when the input gives several answers."""
+    one_image = tmp_path / "one"
+    one_image.mkdir()
+    shutil.copy(media["photo"], one_image / "photo.jpg")
+    faces = np.load(media["npy"])
+    for item in (media["photo"], one_image, faces[0], media["blank"], media["npy"]):
+        rows = api.predict(item, image_size=(640, 480)) if item is not media["photo"] else api.predict(item)
+        assert isinstance(rows, list) and rows and all(isinstance(r, dict) for r in rows)
+    assert api.predict_one(one_image)["input"] == str(one_image / "photo.jpg")
+    assert api.predict_one(media["blank"])["error"].startswith("no face found")
+    from facephi.utils.errors import FacePhiError
+
+    with pytest.raises(FacePhiError, match="predict_one answers one image or face, and this input gave 2"):
+        api.predict_one(media["npy"])
+
+
+def test_api_refuses_or_reports_bad_input_in_one_line(media, api, tmp_path):
+    from facephi.utils.errors import FacePhiError
+
+    # a 0 x 0 (or tiny) array: one error row naming the size, not MediaPipe's RuntimeError
+    for shape in ((0, 0, 3), (4, 300, 3)):
+        [row] = api.predict(np.zeros(shape, np.uint8))
+        assert row["input"] == "<array>" and row["error"].startswith("image too small") and "\n" not in row["error"]
+    # a 16-bit PIL image is answered as the same file by path
+    grey = np.asarray(Image.open(media["photo"]).convert("L"), dtype=np.uint16) * 257
+    Image.fromarray(grey).save(tmp_path / "deep.png")
+    opened = Image.open(tmp_path / "deep.png")
+    assert opened.mode.startswith("I;16")
+    by_path = api.predict_one(tmp_path / "deep.png")
+    assert "error" not in by_path, by_path
+    assert without_input(api.predict_one(opened)) == without_input(by_path)
+    # landmark image sizes outside 1 .. 100000 pixels a side, and an empty path, are refused
+    face = np.load(media["npy"])[0]
+    for size in ((1e300, 1e300), (1e-30, 1.0), (0, 10), (float("nan"), 5)):
+        with pytest.raises(FacePhiError, match="image_size must be two sides between 1 and 100000"):
+            api.predict(face, image_size=size)
+    with pytest.raises(FacePhiError, match="image_size must be two numbers"):
+        api.predict(face, image_size=(5,))
+    with pytest.raises(FacePhiError, match="an empty path"):
+        api.predict("")
+
+
+@pytest.mark.parametrize("setting", [{"batch_size": 0}, {"batch_size": -1}, {"max_new_tokens": 0}, {"threads": 0},
+                                     {"batch_size": 2.5}, {"batch_size": True}])
+def test_from_pretrained_refuses_counts_below_one(encoder, setting):
+    from facephi import FacePhi
+    from facephi.utils.errors import FacePhiError
+
+    name = next(iter(setting))
+    with pytest.raises(FacePhiError, match=f"{name} must be a whole number >= 1"):
+        FacePhi.from_pretrained(encoder, device="cpu", **setting)
+
+
+def test_threads_are_set_only_while_the_model_works(encoder):
+    import torch
+
+    from facephi import FacePhi
+
+    before = torch.get_num_threads()
+    wanted = before + 1
+    model = FacePhi.from_pretrained(encoder, device="cpu", threads=wanted)
+    assert torch.get_num_threads() == before  # loading does not change the process's setting
+    seen: list[int] = []
+    stream = model.predictor.predict_stream
+
+    def spy(*args, **kwargs):
+        for prediction in stream(*args, **kwargs):
+            seen.append(torch.get_num_threads())
+            yield prediction
+
+    model.predictor.predict_stream = spy
+    faces = np.random.default_rng(1).uniform(0.2, 0.8, (3, 478, 3)).astype(np.float32)
+    for row in model.iter_predict([faces]):
+        assert torch.get_num_threads() == before  # between answers: the caller's setting
+    assert seen == [wanted] * 3 and torch.get_num_threads() == before
 
 
 def test_all_faces_answers_every_face_with_its_box(media, tiny, api, capsys):
@@ -193,9 +275,9 @@ def test_all_faces_answers_every_face_with_its_box(media, tiny, api, capsys):
     centres = sorted((r["box"][0] + r["box"][2]) / 2 for r in rows)
     assert centres[0] < 350 < centres[1]  # one face in each photo
     assert api.predict(media["group"], all_faces=True) == rows
-    largest = api.predict(media["group"])
+    largest = api.predict_one(media["group"])
     assert largest["faces"] == 2 and largest["box"] == rows[0]["box"]
-    assert api.predict(media["photo"], all_faces=True) == [api.predict(media["photo"])]
+    assert api.predict(media["photo"], all_faces=True) == api.predict(media["photo"])
 
 
 def test_inputs_without_a_face_are_reported_and_the_exit_status(media, encoder, capsys, tmp_path):
@@ -222,6 +304,15 @@ def test_inputs_without_a_face_are_reported_and_the_exit_status(media, encoder, 
     assert code == 1 and rows[0]["error"].startswith("unreadable video") and "not-a-video.mp4: unreadable" in err
 
 
+def test_cli_refuses_a_decompression_bomb_by_its_header(encoder, media, capsys, tmp_path):
+    from test_images import write_png
+
+    bomb = write_png(tmp_path / "bomb.png", 13000, 13000)  # 164 KB of zeros, 169 Mpx
+    code, rows, err = run_cli(capsys, "--model", encoder, bomb, media["photo"])
+    assert code == 0 and rows[0]["input"] == str(bomb) and rows[0]["error"].startswith("image too large")
+    assert "13000x13000" in rows[0]["error"] and "error" not in rows[1]
+
+
 def test_default_model(monkeypatch, tmp_path, encoder, media, capsys):
     import facephi.model.defaults as defaults
     import facephi.serve.api as api_module
@@ -232,7 +323,7 @@ def test_default_model(monkeypatch, tmp_path, encoder, media, capsys):
     monkeypatch.delenv("FACEPHI_MODEL", raising=False)
     assert main(["predict", str(media["npy"])]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and f"the shipped model {absent} is not there yet" in err
+    assert err.count("\n") == 1 and f"the shipped model {absent} is missing from this installation" in err
     monkeypatch.setenv("FACEPHI_MODEL", str(encoder))
     code, rows, _ = run_cli(capsys, media["npy"])
     assert code == 0 and len(rows) == 2 and rows[0]["scores_from"] == "encoder"

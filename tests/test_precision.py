@@ -65,7 +65,7 @@ def test_api_reports_its_precision(tmp_path):
     path = tiny_facephi(tmp_path / "m")
     with FacePhi.from_pretrained(path, precision="bfloat16") as model:
         assert model.precision == "bfloat16"
-        row = model.predict(torch.rand(478, 3).numpy() * 100)
+        row = model.predict_one(torch.rand(478, 3).numpy() * 100)
         assert abs(sum(row["scores"].values()) - 1) < 1e-3
     with FacePhi.from_pretrained(path) as model:  # float32 unless asked: the same numbers on every machine
         assert model.precision == "float32"

@@ -23,7 +23,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from facephi.labels import CLASSES
-from facephi.serve.app import MAX_FACES_PER_REQUEST, STATIC, create_app
+from facephi.serve.app import STATIC, create_app
+from facephi.serve.bodies import MAX_FACES_PER_REQUEST
 from benchmark_loader import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,6 +48,7 @@ class FakeModel:
         self.active = 0
         self.overlaps = 0
         self.calls = 0
+        self.decodes = 0
         self._lock = threading.Lock()
 
     def _call(self) -> None:
@@ -69,35 +71,41 @@ class FakeModel:
         return {"input": "<landmarks>", "answer": f"answer {tag}", "predicted_class": "happiness",
                 "scores": scores, **extra}
 
-    def predict_landmarks(self, landmarks, image_size=None, return_landmarks=False):
+    def iter_predict(self, items, all_faces=False, image_size=None, return_landmarks=False):
+        """One answer per face (one model call each): landmark arrays tagged by their first x and the
+        image size; encoded images decoded like the real API (landmarks/images.py, in memory), a flat
+        image has no face."""
+        for item in items:
+            if isinstance(item, bytes):
+                yield self._image(item, return_landmarks)
+                continue
+            for points in np.asarray(item, np.float32).reshape(-1, 478, 3):
+                yield self._landmarks(points, image_size, return_landmarks)
+
+    def _landmarks(self, points, image_size, return_landmarks):
         self._call()
         try:
-            out = []
-            for face in np.asarray(landmarks, np.float32).reshape(-1, 478, 3):
-                if not face.any():
-                    out.append({"input": "<landmarks>", "error": "not a usable face: all landmarks are zero"})
-                else:
-                    extra = {"landmarks": face[:, :2].tolist()} if return_landmarks else {}
-                    out.append(self.face(f"{float(face[0, 0]):.5f} {image_size}", **extra))
-            return out
+            if not points.any():
+                return {"input": "<landmarks>", "error": "not a usable face: all landmarks are zero"}
+            extra = {"landmarks": points[:, :2].tolist()} if return_landmarks else {}
+            return self.face(f"{float(points[0, 0]):.5f} {image_size}", **extra)
         finally:
             self._done()
 
-    def predict_image_bytes(self, data, all_faces=False, return_landmarks=False):
-        """Decodes like the real API (facephi.landmarks.images.load_image, in memory); a flat image has no face."""
+    def _image(self, data, return_landmarks):
         from facephi.landmarks.images import ImageError, load_image
 
-        self._call()
+        self.decodes += 1
         try:
-            try:
-                image = load_image(data, name="<bytes>")
-            except ImageError as exc:
-                return [{"input": "<bytes>", "error": str(exc)}]
-            if image.rgb.min() == image.rgb.max():
-                return [{"input": "<bytes>", "error": "no face found (also retried with a border)", "faces": 0}]
+            image = load_image(data, name="<bytes>")
+        except ImageError as exc:
+            return {"input": "<bytes>", "error": str(exc)}
+        if image.rgb.min() == image.rgb.max():
+            return {"input": "<bytes>", "error": "no face found (also retried with a border)", "faces": 0}
+        self._call()  # the model: only for a face
+        try:
             extra = {"landmarks": [[0.5, 0.5]] * 478} if return_landmarks else {}
-            return [self.face(f"{image.width}x{image.height}", input="<bytes>", box=[0, 0, 1, 1], faces=1,
-                              **extra)]
+            return self.face(f"{image.width}x{image.height}", input="<bytes>", box=[0, 0, 1, 1], faces=1, **extra)
         finally:
             self._done()
 
@@ -164,7 +172,7 @@ def test_images_raw_and_multipart(client):
 
 
 def test_multipart_keeps_binary_bytes_exactly():
-    from facephi.serve.app import multipart_file
+    from facephi.serve.bodies import multipart_file
 
     data = bytes(range(256)) * 40 + b"\r\n--\r\n\r\n--x"
     boundary = "----b0undary"
@@ -220,6 +228,9 @@ def test_no_face_is_422(client):
     (json.dumps({"landmarks": face(), "image_size": [0, 480]}), "image_size"),
     (json.dumps({"landmarks": face(), "image_size": [640]}), "image_size"),
     (json.dumps({"landmarks": face(), "image_size": "640x480"}), "image_size"),
+    (json.dumps({"landmarks": face(), "image_size": [1e300, 1e300]}), "between 1 and 100000"),
+    (json.dumps({"landmarks": face(), "image_size": [1e-30, 480]}), "between 1 and 100000"),
+    ('{"landmarks": ' + "[" * 200_000 + "]" * 200_000 + "}", "nested too deeply"),
 ])
 def test_malformed_landmarks_are_422(client, fake, payload, words):
     r = client.post("/predict", content=payload, headers={"Content-Type": "application/json"})
@@ -273,6 +284,34 @@ def test_upload_limit_is_checked_while_receiving(fake):
     assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 413
     assert received == 4  # 4 x 300 bytes > 1000: 1.2 KB of the 300 KB read
     assert fake.calls == 0
+
+
+def test_a_body_that_arrives_too_slowly_is_408(fake):
+    app = create_app(fake, max_upload_bytes=2**20, timeout_s=0.3)
+    received = 0
+
+    async def receive():
+        nonlocal received
+        received += 1
+        await asyncio.sleep(0.1)
+        return {"type": "http.request", "body": b"\xff" * 10, "more_body": received < 100}
+
+    async def run():
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                 "scheme": "http", "path": "/predict", "raw_path": b"/predict", "query_string": b"", "root_path": "",
+                 "headers": [(b"host", b"testserver"), (b"content-type", b"image/jpeg")],
+                 "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 80)}
+        await app(scope, receive, send)
+        return sent
+
+    sent = asyncio.run(run())
+    assert sent[0]["status"] == 408 and b"did not arrive within 0.3 s" in sent[1]["body"]
+    assert received < 10 and fake.calls == 0 and fake.decodes == 0
 
 
 def test_declared_too_large_body_is_refused_before_it_is_sent(fake):
@@ -358,6 +397,173 @@ def test_health_answers_while_the_model_works(fake):
         assert result["r"].status_code == 200
 
 
+def test_pending_counts_work_until_it_ends(fake):
+    """A timed-out request's work still running keeps its place in the bound: the next request gets 503,
+    not a second model call beside it; once the work ends, requests are admitted again."""
+    fake.gate = threading.Event()
+    with TestClient(create_app(fake, max_upload_bytes=2**20, timeout_s=0.3, max_pending=1)) as client:
+        r = client.post("/predict", json={"landmarks": face()})
+        assert r.status_code == 504
+        assert fake.active == 1  # still working on the answered-504 request
+        r = client.post("/predict", json={"landmarks": face()})
+        assert r.status_code == 503 and "busy" in r.json()["detail"]
+        assert client.get("/health").json()["pending"] == 1
+        fake.gate.set()
+        deadline = time.monotonic() + 5
+        while client.get("/health").json()["pending"] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        fake.gate = None
+        assert client.post("/predict", json={"landmarks": face()}).status_code == 200
+
+
+def test_timed_out_work_is_dropped(fake):
+    """The work of a request that got 504 stops at its next turn; work that never started never runs."""
+    fake.delay_s = 0.05  # a turn: 16 faces, 0.8 s
+    with TestClient(create_app(fake, max_upload_bytes=4 * 2**20, timeout_s=0.4)) as client:
+        results = {}
+        threads = [threading.Thread(target=lambda k=k: results.update({k: client.post(
+            "/predict", json={"landmarks": [face(0.2 + k / 100)] * 40})})) for k in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(20)
+        assert [results[k].status_code for k in range(2)] == [504, 504]
+        time.sleep(1.0)
+        health = client.get("/health").json()
+    assert health["pending"] == 0 and health["dropped"] == 2
+    assert fake.calls == 16  # of the 80 faces asked: the one turn running when the requests timed out
+
+
+def test_a_small_request_is_not_stuck_behind_a_maximum_one(fake):
+    """Requests are worked on in turns: a one-face request sent while a 64-face one is being answered
+    waits for at most one step of it, not for all of it."""
+    fake.delay_s = 0.02  # 64 faces: about 1.3 s, in turns of 16 faces (0.32 s)
+    with TestClient(create_app(fake, max_upload_bytes=4 * 2**20, timeout_s=30)) as client:
+        big = {}
+        thread = threading.Thread(target=lambda: big.update(r=client.post(
+            "/predict", json={"landmarks": [face(0.5, seed=k) for k in range(MAX_FACES_PER_REQUEST)]}),
+            done=time.perf_counter()))
+        thread.start()
+        assert fake.started.wait(10)
+        start = time.perf_counter()
+        small = client.post("/predict", json={"landmarks": face(0.25)})
+        small_done = time.perf_counter()
+        thread.join(30)
+    assert small.status_code == 200 and small.json()["faces"][0]["answer"].startswith("answer 0.25000")
+    assert small_done - start < 0.7 and big["done"] - small_done > 0.4
+    assert big["r"].status_code == 200 and len(big["r"].json()["faces"]) == MAX_FACES_PER_REQUEST
+    assert fake.overlaps == 0
+
+
+@pytest.mark.parametrize("error, status, detail", [
+    (RuntimeError("boom"), 500, "internal error: RuntimeError"),
+    ("facephi", 500, "server error: the model folder vanished"),
+])
+def test_server_faults_are_5xx_with_a_logged_reason(fake, caplog, error, status, detail):
+    from facephi.utils.errors import FacePhiError
+
+    def broken(items, **kwargs):
+        raise error if isinstance(error, Exception) else FacePhiError("the model folder vanished")
+        yield
+
+    fake.iter_predict = broken
+    with TestClient(create_app(fake, max_upload_bytes=2**20, timeout_s=10)) as client:
+        with caplog.at_level("ERROR", logger="facephi.serve.app"):
+            r = client.post("/predict", json={"landmarks": face()})
+    assert r.status_code == status and r.json()["detail"] == detail
+    assert any(("boom" in rec.getMessage() or "vanished" in rec.getMessage()) for rec in caplog.records)
+
+
+def test_images_are_decoded_once_in_the_model_worker_and_bombs_refused_by_header(client, fake, monkeypatch, tmp_path):
+    import facephi.landmarks.images as images
+    from test_images import write_png
+
+    decoded = []
+    real = images.from_pil
+
+    def counting(*args, **kwargs):
+        decoded.append(threading.current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(images, "from_pil", counting)
+    for request in (dict(content=png(), headers={"Content-Type": "image/png"}),
+                    dict(files={"file": ("me.png", png(), "image/png")})):
+        assert client.post("/predict", **request).status_code == 200
+    assert decoded == ["facephi-model", "facephi-model"]  # once per upload, in the bounded worker
+    bomb = write_png(tmp_path / "bomb.png", 13000, 13000).read_bytes()  # 164 KB, 169 Mpx
+    r = client.post("/predict", content=bomb, headers={"Content-Type": "image/png"})
+    assert r.status_code == 422 and "image too large" in r.json()["detail"] and "13000x13000" in r.json()["detail"]
+
+
+def test_bodies_are_parsed_in_the_model_worker(fake, monkeypatch):
+    import facephi.serve.app as app_module
+
+    threads = []
+    for name in ("landmarks_request", "multipart_file"):
+        real = getattr(app_module, name)
+
+        def spy(*args, real=real, **kwargs):
+            threads.append(threading.current_thread().name)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(app_module, name, spy)
+    client = TestClient(create_app(fake, max_upload_bytes=8 * 2**20, timeout_s=10))
+    assert client.post("/predict", json={"landmarks": face()}).status_code == 200
+    assert client.post("/predict", files={"file": ("me.png", png(), "image/png")}).status_code == 200
+    assert threads == ["facephi-model", "facephi-model"]
+    # 80,000 form fields: refused after the 16th part, without parsing the rest
+    fields = "".join(f"--x\r\nContent-Disposition: form-data; name=\"f{k}\"\r\n\r\n{k}\r\n" for k in range(80_000))
+    start = time.perf_counter()
+    r = client.post("/predict", content=(fields + "--x--\r\n").encode(),
+                    headers={"Content-Type": "multipart/form-data; boundary=x"})
+    assert r.status_code == 422 and "more than 16 parts" in r.json()["detail"]
+    assert time.perf_counter() - start < 2
+
+
+def test_slow_headers_and_connections_over_the_cap_are_closed(fake):
+    from facephi.serve.server import make_server
+
+    app = create_app(fake, max_upload_bytes=2**20, timeout_s=5)
+    server = make_server(app, header_timeout_s=0.5, max_connections=3)
+    serve_load = load_benchmark("serve_load")
+    sock = serve_load.free_port()
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        address = sock.getsockname()
+
+        def closed_within(conn: socket.socket, seconds: float) -> bool:
+            conn.settimeout(seconds)
+            try:
+                return conn.recv(1024) == b""
+            except ConnectionResetError:
+                return True
+            except socket.timeout:
+                return False
+
+        slow = socket.create_connection(address)
+        slow.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\n")  # headers never finished
+        assert closed_within(slow, 3)
+        idle = [socket.create_connection(address) for _ in range(3)]
+        time.sleep(0.1)
+        extra = socket.create_connection(address)
+        assert closed_within(extra, 0.3)  # over the cap: closed at once
+        assert not closed_within(idle[0], 0.05)  # the others wait for their headers' deadline
+        for conn in idle + [slow, extra]:
+            conn.close()
+        time.sleep(0.6)
+        import httpx
+
+        assert httpx.get(f"http://{address[0]}:{address[1]}/health", timeout=10).status_code == 200
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
 # ---------------------------------------------------------------------------------- privacy
 @pytest.fixture
 def nothing_written(monkeypatch):
@@ -433,14 +639,17 @@ def test_real_model_image_landmarks_and_the_predict_json(tiny_model, photo_landm
         assert r.status_code == 200, r.text
         (image_face,) = r.json()["faces"]
         assert set(image_face["scores"]) == set(CLASSES) and len(image_face["box"]) == 4
-        assert image_face["predicted_class"] in (*CLASSES, None) and isinstance(image_face["answer"], str)
+        from facephi.scoring.keywords import match_answer
+
+        found = match_answer(image_face["answer"]).predicted
+        assert image_face["predicted_class"] == (None if found is None else CLASSES[found])
         assert np.allclose(image_face["landmarks"], photo_landmarks[:, :2], atol=1e-4)
         # the same face as landmarks gets the same answer
         r = client.post("/predict", json={"landmarks": photo_landmarks.tolist(), "image_size": [350, 350]})
         (landmark_face,) = r.json()["faces"]
         assert landmark_face["answer"] == image_face["answer"] and landmark_face["scores"] == image_face["scores"]
         # the JSON of `facephi predict --json` (FacePhi.predict), but for the input's name
-        direct = tiny_model.predict(str(PHOTO))
+        direct = tiny_model.predict_one(str(PHOTO))
         served = client.post("/predict", files={"file": ("x.jpg", PHOTO.read_bytes(), "image/jpeg")}).json()["faces"][0]
         assert {k: v for k, v in served.items() if k != "input"} == {k: v for k, v in direct.items() if k != "input"}
         r = client.post("/predict", content=png((200, 200), noise=False), headers={"Content-Type": "image/png"})
@@ -497,8 +706,13 @@ def test_cli_serves_until_interrupted(tmp_path):
     assert process.returncode == 130 and "interrupted" in process.stderr.read()  # as every command on Ctrl+C
 
 
-def test_cli_flags_are_checked(capsys):
+def test_cli_flags_are_checked(capsys, tmp_path):
     from facephi.cli import main
+
+    # a host that cannot be listened on fails before the model loads (this model folder does not exist)
+    assert main(["serve", "--host", "999.1.1.1", "--model", str(tmp_path / "absent")]) == 2
+    err = capsys.readouterr().err
+    assert "--host 999.1.1.1" in err and "absent" not in err and err.count("\n") == 1
 
     assert main(["serve", "--port", "-1"]) == 2
     assert "port (--port): must be >= 0" in capsys.readouterr().err

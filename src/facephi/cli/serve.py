@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-from typing import Any
 
 from facephi.config import add_arguments, from_args
 from facephi.serve.config import ServeConfig
@@ -35,50 +34,33 @@ def is_loopback(host: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    import socket
-
-    import uvicorn
-
     from facephi.serve.api import FacePhi
     from facephi.serve.app import create_app
+    from facephi.serve.server import bind, make_server
 
     config = from_args(ServeConfig, args)
-    model = FacePhi.from_pretrained(config.model, device=config.device, threads=config.threads,
-                                    max_new_tokens=config.max_new_tokens, precision=config.precision,
-                                    flag="--model")
-    info = {"path": str(config.model) if config.model is not None else "default"}
-    app = create_app(model, config.max_upload_bytes, config.timeout_s, info=info)
-    sock = socket.socket(socket.AF_INET6 if ":" in config.host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((config.host, config.port))  # bound here so that --port 0 can print the port it got
-    port = sock.getsockname()[1]
-    shown = f"[{config.host}]" if ":" in config.host else config.host
-    print(f"facephi serve: {model.kind} model ({info['path']}) on http://{shown}:{port}/ "
-          f"(upload limit {config.max_upload_mb:g} MB, timeout {config.timeout_s:g} s); Ctrl+C stops", flush=True)
-    if not is_loopback(config.host):
-        print("facephi serve: warning: listening beyond this machine, without authentication or TLS; browsers "
-              "allow the webcam only on https:// or localhost pages", flush=True)
-    server = _server_class()(uvicorn.Config(app, log_level="warning", access_log=False, timeout_keep_alive=5))
+    sock = bind(config.host, config.port)  # a wrong --host or a port in use fails before the model loads
     try:
-        server.run(sockets=[sock])
+        model = FacePhi.from_pretrained(config.model, device=config.device, threads=config.threads,
+                                        max_new_tokens=config.max_new_tokens, precision=config.precision,
+                                        flag="--model")
+        info = {"path": str(config.model) if config.model is not None else "default"}
+        app = create_app(model, config.max_upload_bytes, config.timeout_s, info=info)
+        sock.listen(2048)  # before the address is printed: a client that reads it is queued, not refused
+        port = sock.getsockname()[1]
+        shown = f"[{config.host}]" if ":" in config.host else config.host
+        print(f"facephi serve: {model.kind} model ({info['path']}) on http://{shown}:{port}/ "
+              f"(upload limit {config.max_upload_mb:g} MB, timeout {config.timeout_s:g} s); Ctrl+C stops", flush=True)
+        if not is_loopback(config.host):
+            print("facephi serve: warning: listening beyond this machine, without authentication or TLS; browsers "
+                  "allow the webcam only on https:// or localhost pages", flush=True)
+        server = make_server(app)
+        try:
+            server.run(sockets=[sock])
+        finally:
+            model.close()
     finally:
-        model.close()
         sock.close()
     if server.interrupted:  # uvicorn re-raises the signal after its graceful shutdown; where that is lost
         raise KeyboardInterrupt  # (it returned normally), Ctrl+C still ends as every command's: exit 130
     return 0
-
-
-def _server_class() -> type:
-    import uvicorn
-
-    class Server(uvicorn.Server):
-        """uvicorn's server that remembers whether a signal (Ctrl+C, SIGTERM) stopped it."""
-
-        interrupted = False
-
-        def handle_exit(self, sig: int, frame: Any) -> None:
-            self.interrupted = True
-            super().handle_exit(sig, frame)
-
-    return Server

@@ -12,13 +12,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 MIN_SIDE = 8
 """Images with a side shorter than this cannot contain a usable face."""
 
 MAX_PIXELS = 400_000_000
-"""Refuse to decode images larger than this (decompression bombs)."""
+"""Refuse images whose header declares more pixels than this (read before any decoding)."""
+
+MAX_DECODED_PIXELS = 36_000_000
+"""Refuse to decode more pixels than this (about 6000 x 6000), counted after a JPEG's reduced-size
+(DCT-domain) decoding: a small file cannot cost more than a few hundred MB of memory. A JPEG of up
+to :data:`MAX_PIXELS` decodes at 1/2 to 1/8 of its size; other formats decode at full size."""
 
 
 class ImageError(Exception):
@@ -39,22 +44,35 @@ class LoadedImage:
     height: int
 
 
-def _to_uint8(array: np.ndarray) -> np.ndarray:
-    """Scale 16-bit / 32-bit integer or float pixel arrays to 8 bits, preserving contrast."""
-    if array.dtype == np.uint8:
-        return array
-    if array.dtype.kind == "f":
-        top = 1.0 if float(np.nanmax(array, initial=0.0)) <= 1.0 else 255.0
-        return np.clip(np.nan_to_num(array) * (255.0 / top), 0, 255).astype(np.uint8)
-    top = 65535 if int(array.max(initial=0)) > 255 else 255
-    return np.clip(array.astype(np.float64) * (255.0 / top) + 0.5, 0, 255).astype(np.uint8)
+_HIGH_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+_REDUCIBLE_MODES = ("L", "LA", "La", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "I", "F")
+_TRANSPOSED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+
+
+def _high_bit_to_rgb(image: Image.Image, top: float, max_side: int) -> np.ndarray:
+    """A 16/32-bit integer or float grey image as RGB uint8 (``top``: the value that becomes 255),
+    downscaled to ``max_side`` BEFORE the float conversion (no full-size float copy)."""
+    grey = np.asarray(image)
+    if grey.dtype not in (np.uint8, np.uint16, np.float32):
+        grey = grey.astype(np.float32)
+    grey = downscale(grey, max_side)
+    small = np.nan_to_num(grey.astype(np.float32), nan=0.0, posinf=top, neginf=0.0)
+    offset = 0.5 if grey.dtype.kind != "f" else 0.0
+    small = np.clip(small * np.float32(255.0 / top) + np.float32(offset), 0, 255).astype(np.uint8)
+    return np.repeat(small[:, :, None], 3, axis=2)
+
+
+def _top(image: Image.Image) -> float:
+    """The value of a high-bit grey image that maps to 255: floats up to 1 are unit range, integers
+    beyond 255 16-bit range (read with ``getextrema``, without a copy of the pixels)."""
+    high = image.getextrema()[1]
+    if image.mode == "F":
+        return 1.0 if high <= 1.0 else 255.0
+    return 65535.0 if high > 255 else 255.0
 
 
 def _to_rgb(image: Image.Image) -> np.ndarray:
-    """Convert any PIL mode to an RGB uint8 array; transparency is composited over white."""
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        grey = _to_uint8(np.asarray(image))
-        return np.repeat(grey[:, :, None], 3, axis=2)
+    """Convert any 8-bit PIL mode to an RGB uint8 array; transparency is composited over white."""
     if image.mode == "P":
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
@@ -64,9 +82,65 @@ def _to_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
+def check_size(width: int, height: int, what: str = "image") -> None:
+    """Refuse an image by its declared size, before it is decoded: too small to hold a face, or
+    more than :data:`MAX_PIXELS` pixels."""
+    if width * height > MAX_PIXELS:
+        raise ImageError("image too large", f"{what} is {width}x{height} pixels (at most {MAX_PIXELS:,})")
+    if min(width, height) < MIN_SIDE:
+        raise ImageError("image too small", f"{what} is {width}x{height} pixels (at least {MIN_SIDE} a side)")
+
+
+def from_pil(image: Image.Image, max_side: int = 1280, name: str = "<image>") -> LoadedImage:
+    """A PIL image (opened lazily or already loaded) as RGB, EXIF orientation applied, downscaled so its
+    longest side is <= ``max_side``; the same size checks and bounded decoding as :func:`load_image`.
+
+    The size is checked from the header before decoding; a JPEG is decoded at reduced size (``draft``),
+    other formats are reduced by an integer factor right after decoding (``reduce``), before any
+    conversion copy; 16-bit and float images never get a full-size float copy.
+    """
+    width, height = image.size
+    check_size(width, height, name)
+    if max(width, height) > max_side and image.format == "JPEG":
+        image.draft(image.mode, (max_side, max_side))  # DCT-domain downscale while decoding
+    decoded = image.size[0] * image.size[1]
+    if decoded > MAX_DECODED_PIXELS:
+        raise ImageError("image too large", f"{name} is {width}x{height} pixels: a {image.format or 'raw'} "
+                         f"image cannot be decoded at reduced size, and at most {MAX_DECODED_PIXELS:,} pixels "
+                         "are decoded at full size")
+    image.load()
+    orientation = image.getexif().get(0x0112, 1)  # after decoding: a PNG reads its EXIF after the pixels
+    if image.mode in ("P", "PA", "1"):
+        image = image.convert("RGBA" if image.mode != "1" else "L")  # averaging needs colours, not indices
+    top = _top(image) if image.mode in _HIGH_BIT_MODES else 255.0
+    factor = max(image.size) // max_side
+    if factor >= 2 and image.mode in _REDUCIBLE_MODES:
+        image = image.reduce(factor)  # box filter, before any conversion copy; stays >= max_side
+    rgb = _high_bit_to_rgb(image, top, max_side) if image.mode in _HIGH_BIT_MODES else _to_rgb(image)
+    if orientation in _ORIENTATIONS:
+        rgb = _orient(rgb, orientation)
+    if orientation in _TRANSPOSED:
+        width, height = height, width
+    return LoadedImage(rgb=np.ascontiguousarray(downscale(rgb, max_side)), width=width, height=height)
+
+
+_ORIENTATIONS = {
+    2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, k=-1),
+    7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1], 8: lambda a: np.rot90(a, k=1),
+}
+"""EXIF orientation -> the array operation of ``ImageOps.exif_transpose``."""
+
+
+def _orient(rgb: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply an EXIF orientation (2..8) to an [H, W, C] array."""
+    return _ORIENTATIONS[orientation](rgb)
+
+
 def load_image(source: str | Path | bytes, max_side: int = 1280, name: str | None = None) -> LoadedImage:
     """Read an image file, or encoded image bytes (decoded in memory, never written anywhere), into
-    RGB (EXIF orientation applied), downscaled so its longest side is ≤ ``max_side``.
+    RGB (EXIF orientation applied), downscaled so its longest side is ≤ ``max_side``; its size is
+    checked from the header before decoding (see :func:`from_pil`).
 
     Raises :class:`ImageError` for missing, empty, non-image, truncated/corrupt, tiny or huge images;
     ``name`` names bytes in the messages.
@@ -92,18 +166,7 @@ def _decode(opened: Path | io.BytesIO, name: str, head: bytes, max_side: int) ->
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(opened) as image:
-                width, height = image.size
-                if width * height > MAX_PIXELS:
-                    raise ImageError("image too large", f"{width}x{height} pixels")
-                if min(width, height) < MIN_SIDE:
-                    raise ImageError("image too small", f"{width}x{height} pixels")
-                if max(width, height) > max_side and image.format == "JPEG":
-                    image.draft("RGB", (max_side, max_side))  # fast DCT-domain downscale
-                image.load()
-                image = ImageOps.exif_transpose(image)
-                if image.size != (width, height) and image.size[::-1] == (width, height):
-                    width, height = height, width  # rotated by EXIF orientation
-                rgb = _to_rgb(image)
+                return from_pil(image, max_side, name)
     except ImageError:
         raise
     except UnidentifiedImageError:
@@ -114,18 +177,19 @@ def _decode(opened: Path | io.BytesIO, name: str, head: bytes, max_side: int) ->
         raise ImageError("image too large", str(exc)) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError("corrupt image", f"{name}: {exc}") from None
-    if max(rgb.shape[:2]) > max_side:
-        rgb = _downscale(rgb, max_side)
-    return LoadedImage(rgb=np.ascontiguousarray(rgb), width=width, height=height)
 
 
 _SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"GIF8", b"BM", b"II*\x00", b"MM\x00*", b"RIFF")
 
 
-def _downscale(rgb: np.ndarray, max_side: int) -> np.ndarray:
+def downscale(rgb: np.ndarray, max_side: int) -> np.ndarray:
+    """``rgb`` (an [H, W] or [H, W, C] array) resized (area filter) so its longest side is <= ``max_side``;
+    unchanged when it already is."""
     import cv2
 
     h, w = rgb.shape[:2]
+    if max(h, w) <= max_side:
+        return rgb
     scale = max_side / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)

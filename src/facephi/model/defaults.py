@@ -1,11 +1,13 @@
 """Names of the embedded default models, in a module free of torch (the CLI's help shows them)."""
 
 import os
+from importlib.resources import files
 from pathlib import Path
 
-SHIPPED_MODEL = Path(__file__).resolve().parents[3] / "models" / "facephi-smollm2-ferplus"
-"""The trained FacePhi model shipped with the repository (``models/`` at its root): the default
-``--model`` of ``facephi predict`` and of ``FacePhi.from_pretrained()``."""
+SHIPPED_MODEL = Path(str(files("facephi"))) / "models" / "facephi-smollm2-ferplus"
+"""The trained FacePhi model shipped inside the package (``facephi/models/``, package data of the
+wheel; ``src/facephi/models/`` in a checkout): the default ``--model`` of ``facephi predict`` and of
+``FacePhi.from_pretrained()``."""
 
 MODEL_ENV = "FACEPHI_MODEL"
 """Environment variable naming another default model folder than :data:`SHIPPED_MODEL`."""

@@ -4,14 +4,17 @@
 from facephi import FacePhi
 
 model = FacePhi.from_pretrained()            # the shipped model (or $FACEPHI_MODEL, or a path)
-model.predict("photo.jpg")                   # {"input", "answer", "predicted_class", "scores", ...}
+model.predict("photo.jpg")                   # [{"input", "answer", "predicted_class", "scores", ...}]
 model.predict("group.jpg", all_faces=True)   # one dict per face, largest first, each with its "box"
+model.predict_one("photo.jpg")               # the largest face's dict itself
 model.predict_video("clip.mp4").plot("clip.png")
 ```
 
-Every answer is a dict with the fields of ``facephi predict --json`` (see
-:meth:`facephi.serve.predict.Prediction.to_dict`); an input that cannot be answered (no face,
-unreadable file) gives ``{"input": ..., "error": ...}`` instead of raising. ``facephi predict``
+``predict`` always returns a list (one dict per face or failed input, like deepface's ``analyze``);
+``predict_one`` is the convenience for one image's largest face. Every answer is a dict with the
+fields of ``facephi predict --json`` (see :meth:`facephi.serve.predict.Prediction.to_dict`); an input
+that cannot be answered (no face, unreadable file) gives ``{"input": ..., "error": ...}`` instead of
+raising. ``facephi predict``
 is this class with a command line around it. One lock guards the model and one the face mesh, so
 threads (a web server's) may share one ``FacePhi``.
 """
@@ -19,6 +22,8 @@ threads (a web server's) may share one ``FacePhi``.
 from __future__ import annotations
 
 import threading
+from contextlib import contextmanager
+from numbers import Integral
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -28,15 +33,56 @@ import numpy as np
 from facephi.labels import CLASSES, display_name
 from facephi.model.defaults import MODEL_ENV, SHIPPED_MODEL, default_model
 from facephi.model.precision import PRECISIONS, resolve_device
+from facephi.serve.config import check_image_size
 from facephi.serve.inputs import LandmarkInput, iter_inputs, landmark_inputs, read_image_bytes, read_rgb, read_video
 from facephi.serve.predict import Predictor
 from facephi.utils.errors import FacePhiError
 from facephi.utils.io import atomic_path
 
+IMAGE_MAX_SIDE = 1280
+"""Images are meshed at most this large (longest side, in pixels), as image files are."""
+
 Item = Any
 """What ``predict`` accepts: a path (image, folder, ``.npy``, ``facephi extract`` folder, video),
-an RGB uint8 array ``[H, W, 3]``, a PIL image, encoded image bytes, or raw landmarks
-``[478, 3]`` / ``[N, 478, 3]`` (any non-uint8 numeric array, or a 2-D one)."""
+an RGB uint8 array ``[H, W, 3]``, a PIL image (one opened lazily is decoded as a file would be: a
+large JPEG at reduced size), encoded image bytes, or raw landmarks ``[478, 3]`` / ``[N, 478, 3]``
+(any non-uint8 numeric array, or a 2-D one)."""
+
+
+class _TorchThreads:
+    """torch's CPU thread count is one setting of the process: :meth:`scope` sets it for a block and
+    restores the previous value when the last overlapping block (any thread) ends; overlapping blocks
+    asking for other counts run with the first one's."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._saved = 0
+
+    @contextmanager
+    def scope(self, threads: int | None) -> Iterator[None]:
+        if threads is None:
+            yield
+            return
+        import torch
+
+        with self._lock:
+            if self._depth == 0:
+                self._saved = torch.get_num_threads()
+                torch.set_num_threads(threads)
+            self._depth += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._depth -= 1
+                if self._depth == 0:
+                    torch.set_num_threads(self._saved)
+
+
+torch_threads = _TorchThreads().scope
+"""``with torch_threads(n):`` runs the block on ``n`` torch CPU threads (None: unchanged), then restores
+the process's setting."""
 
 
 def model_path(path: str | Path | None) -> Path:
@@ -46,8 +92,8 @@ def model_path(path: str | Path | None) -> Path:
         return Path(path)
     path = default_model()
     if path == SHIPPED_MODEL and not (path / "config.json").is_file():
-        raise FacePhiError(f"no model given, and the shipped model {SHIPPED_MODEL} is not there yet (it will be "
-                           f"added to the repository): pass a model folder (--model) or set ${MODEL_ENV}")
+        raise FacePhiError(f"no model given, and the shipped model {SHIPPED_MODEL} is missing from this "
+                           f"installation: pass a model folder (--model) or set ${MODEL_ENV}")
     return path
 
 
@@ -162,8 +208,9 @@ class FacePhi:
     :class:`~facephi.serve.predict.Predictor`.
     """
 
-    def __init__(self, predictor: Predictor) -> None:
+    def __init__(self, predictor: Predictor, threads: int | None = None) -> None:
         self.predictor = predictor
+        self.threads = threads
         self._mesher = _SharedMesher()
 
     @classmethod
@@ -171,28 +218,30 @@ class FacePhi:
                         instruction: str | None = None, max_new_tokens: int = 32, batch_size: int = 16,
                         precision: str = "float32", *, flag: str | None = None) -> "FacePhi":
         """Load a FacePhi model or landmark encoder folder (default: ``$FACEPHI_MODEL``, else the
-        shipped ``models/facephi-smollm2-ferplus``) onto ``device`` ("auto": CUDA when available).
+        shipped ``facephi/models/facephi-smollm2-ferplus``) onto ``device`` ("auto": CUDA when available).
 
-        ``threads``: torch CPU threads; ``instruction``: the question asked (default: the paper's
+        ``threads``: torch CPU threads while this model answers (torch's thread count is one setting
+        of the process: it is set for each call of this object and restored after, see
+        :func:`torch_threads`); ``instruction``: the question asked (default: the paper's
         first); ``max_new_tokens``: answer length limit; ``batch_size``: faces per model call;
         ``precision``: what the LLM computes in (``float32``, the reported figures; ``bfloat16``;
         ``auto``: bfloat16 where the CPU or GPU has native bfloat16 arithmetic, else float32; see
         :mod:`facephi.model.precision`); ``flag``: the command-line option that named ``path``, for
         error messages.
         """
-        import torch
-
         if precision not in PRECISIONS:
             raise FacePhiError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         target = resolve_device(device, what="device")  # a wrong device fails before the model loads
-        if threads:
-            torch.set_num_threads(int(threads))
-        predictor = Predictor.from_pretrained(model_path(path), flag=flag, instruction=instruction,
-                                              max_new_tokens=max_new_tokens, batch_size=batch_size)
-        predictor.model.to(target)
-        if predictor.kind == "facephi":
-            predictor.precision = predictor.model.set_precision(precision)
-        return cls(predictor)
+        for name, value in (("batch_size", batch_size), ("max_new_tokens", max_new_tokens), ("threads", threads)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, Integral) or value < 1):
+                raise FacePhiError(f"{name} must be a whole number >= 1, got {value!r}")
+        with torch_threads(threads):
+            predictor = Predictor.from_pretrained(model_path(path), flag=flag, instruction=instruction,
+                                                  max_new_tokens=max_new_tokens, batch_size=batch_size)
+            predictor.model.to(target)
+            if predictor.kind == "facephi":
+                predictor.precision = predictor.model.set_precision(precision)
+        return cls(predictor, threads=None if threads is None else int(threads))
 
     @property
     def kind(self) -> str:
@@ -212,6 +261,8 @@ class FacePhi:
     # ------------------------------------------------------------------------- inputs
     def _inputs(self, item: Item, all_faces: bool, image_size: tuple[float, float] | None,
                 fps: float) -> Iterator[LandmarkInput]:
+        if isinstance(item, str) and not item.strip():
+            raise FacePhiError("an empty path was given: name an image, folder or file")
         if isinstance(item, (str, Path)):
             yield from iter_inputs([item], image_size, self._mesher, all_faces, fps)
         elif isinstance(item, (bytes, bytearray, memoryview)):
@@ -220,27 +271,29 @@ class FacePhi:
             if item.shape[2] != 3:
                 yield LandmarkInput("<array>", error=f"an image array must be RGB [H, W, 3], got {list(item.shape)}")
                 return
+            from facephi.landmarks.images import ImageError, check_size, downscale
+
             height, width = item.shape[:2]
-            yield from read_rgb(np.ascontiguousarray(item), (float(width), float(height)), "<array>",
-                                self._mesher, all_faces)
+            try:
+                check_size(width, height, "the array")
+            except ImageError as exc:
+                yield LandmarkInput("<array>", error=str(exc))
+                return
+            yield from read_rgb(downscale(np.ascontiguousarray(item), IMAGE_MAX_SIDE), (float(width), float(height)),
+                                "<array>", self._mesher, all_faces)
         elif isinstance(item, np.ndarray):
-            size = (1.0, 1.0) if image_size is None else (float(image_size[0]), float(image_size[1]))
-            if min(size) <= 0:
-                raise FacePhiError(f"image size must be positive, got {size[0]:g} x {size[1]:g}")
+            size = (1.0, 1.0) if image_size is None else check_image_size(image_size)
             yield from landmark_inputs(item, size, "<landmarks>")
         elif hasattr(item, "convert") and hasattr(item, "size") and hasattr(item, "mode"):  # a PIL image
-            from PIL import ImageOps
+            from facephi.landmarks.images import ImageError, from_pil
 
-            width, height = item.size
-            image = ImageOps.exif_transpose(item)
-            if image.mode in ("RGBA", "LA", "PA", "P"):
-                from PIL import Image
-
-                rgba = image.convert("RGBA")
-                image = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
-            rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
             name = str(getattr(item, "filename", "") or "<image>")
-            yield from read_rgb(rgb, (float(rgb.shape[1]), float(rgb.shape[0])), name, self._mesher, all_faces)
+            try:
+                image = from_pil(item, IMAGE_MAX_SIDE, name)
+            except ImageError as exc:
+                yield LandmarkInput(name, error=str(exc))
+                return
+            yield from read_rgb(image.rgb, (float(image.width), float(image.height)), name, self._mesher, all_faces)
         else:
             raise TypeError(f"cannot predict from a {type(item).__name__}: expected a path, an RGB uint8 array, "
                             "a PIL image, encoded image bytes or a landmark array")
@@ -251,7 +304,12 @@ class FacePhi:
                      fps: float = 2.0) -> Iterator[dict[str, Any]]:
         """Answers for every face of every item, in order, batched across items as they are read."""
         inputs = (i for item in items for i in self._inputs(item, all_faces, image_size, fps))
-        for prediction in self.predictor.predict_stream(inputs, return_landmarks=return_landmarks):
+        answers = self.predictor.predict_stream(inputs, return_landmarks=return_landmarks)
+        while True:
+            with torch_threads(self.threads):  # only while this model works, not between answers
+                prediction = next(answers, None)
+            if prediction is None:
+                return
             yield prediction.to_dict()
 
     def predict_many(self, items: Iterable[Item], all_faces: bool = False,
@@ -260,12 +318,23 @@ class FacePhi:
         return list(self.iter_predict(items, all_faces, image_size, return_landmarks))
 
     def predict(self, x: Item, all_faces: bool = False, image_size: tuple[float, float] | None = None,
-                return_landmarks: bool = False) -> dict[str, Any] | list[dict[str, Any]]:
-        """The answer for one image, landmark set or file: a dict, or a list of dicts when
-        ``all_faces`` or when ``x`` holds several faces (``[N, 478, 3]``, a folder, a dataset).
-        ``image_size=(W, H)`` is the image size of raw landmarks (default: square)."""
-        rows = self.predict_many([x], all_faces, image_size, return_landmarks)
-        return rows if all_faces or len(rows) != 1 else rows[0]
+                return_landmarks: bool = False) -> list[dict[str, Any]]:
+        """The answers for one image, landmark set or file, always as a list: one dict per face (an
+        image's largest face only unless ``all_faces``: then every face, largest first), per face of
+        ``[N, 478, 3]`` landmarks, per image of a folder; ``error`` dicts for what cannot be answered.
+        ``image_size=(W, H)`` is the image size of raw landmarks in pixels (default: square)."""
+        return self.predict_many([x], all_faces, image_size, return_landmarks)
+
+    def predict_one(self, x: Item, image_size: tuple[float, float] | None = None,
+                    return_landmarks: bool = False) -> dict[str, Any]:
+        """The answer for the largest face of one image (or the one face of ``[478, 3]`` landmarks):
+        ``predict(x)[0]``, a dict (with ``error`` when it cannot be answered). :class:`FacePhiError`
+        when ``x`` gives several answers (a folder, ``[N, 478, 3]``, a video): use :meth:`predict`."""
+        rows = self.predict_many([x], False, image_size, return_landmarks)
+        if len(rows) != 1:
+            raise FacePhiError(f"predict_one answers one image or face, and this input gave {len(rows)} answers: "
+                               "use predict, which returns them all")
+        return rows[0]
 
     def predict_image_bytes(self, data: bytes, all_faces: bool = False,
                             return_landmarks: bool = False) -> list[dict[str, Any]]:
@@ -285,7 +354,8 @@ class FacePhi:
         dict per face, with ``frame`` and ``time_s``; a frame without a face is an ``error`` row),
         ``per_second`` (mean class probabilities of each second) and ``plot(path)`` (a PNG)."""
         inputs = read_video(Path(path), fps, self._mesher, all_faces)
-        frames = [p.to_dict() for p in self.predictor.predict_stream(inputs)]
+        with torch_threads(self.threads):
+            frames = [p.to_dict() for p in self.predictor.predict_stream(inputs)]
         return VideoPrediction(str(path), float(fps), frames, per_second(frames))
 
     def close(self) -> None:

@@ -9,6 +9,24 @@ from pathlib import Path
 from facephi.config import Config, setting
 from facephi.eval.config import MAX_NEW_TOKENS
 from facephi.model.precision import PRECISIONS
+from facephi.utils.errors import FacePhiError
+
+IMAGE_SIDES = (1.0, 100_000.0)
+"""The accepted range of each side of an ``image_size`` given with raw landmarks, in pixels (the default,
+a square of side 1, means "x and y are fractions of a square")."""
+
+
+def check_image_size(size: object, what: str = "image_size") -> tuple[float, float]:
+    """``size`` as ``(width, height)`` floats; a one-line :class:`FacePhiError` naming ``what`` unless it is
+    two numbers within :data:`IMAGE_SIDES`."""
+    try:
+        width, height = (float(side) for side in size)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise FacePhiError(f"{what} must be two numbers [width, height], got {size!r}") from None
+    low, high = IMAGE_SIDES
+    if not (low <= width <= high and low <= height <= high):
+        raise FacePhiError(f"{what} must be two sides between {low:g} and {high:g} pixels, got {width:g} x {height:g}")
+    return width, height
 
 
 @dataclass
@@ -19,10 +37,12 @@ class PredictConfig(Config):
                                  help="image, folder of images (recursive), .npy landmarks [478,3] / [N,478,3], "
                                       "a `facephi extract` folder, or a video (.mp4 .avi .mov .mkv .webm)")
     model: Path | None = setting(None, help="FacePhi model or landmark encoder checkpoint folder (default: "
-                                            "$FACEPHI_MODEL, else the shipped models/facephi-smollm2-ferplus)")
+                                            "$FACEPHI_MODEL, else the shipped facephi-smollm2-ferplus)")
     instruction: str | None = setting(None, help="question asked (default: the paper's first instruction)")
-    image_size: list[float] | None = setting(None, nargs=2, above=0, metavar=("W", "H"),
-                                             help="image size of .npy landmarks (default: a square image)")
+    image_size: list[float] | None = setting(None, nargs=2, min=IMAGE_SIDES[0], max=IMAGE_SIDES[1],
+                                             metavar=("W", "H"),
+                                             help="image size of .npy landmarks in pixels, each side 1 to 100000 "
+                                                  "(default: a square image)")
     max_new_tokens: int = setting(32, min=1, max=MAX_NEW_TOKENS, help="answer length limit in tokens")
     batch_size: int = setting(16, min=1, max=4096, help="inputs per batch")
     json: bool = setting(False, help="one JSON object per face on stdout (videos: per sampled frame, then "
