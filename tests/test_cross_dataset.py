@@ -3,79 +3,21 @@ answers, resuming decided by the content of model and data, and the explicit cla
 
 from __future__ import annotations
 
-import csv
 import json
 
 import numpy as np
 import pytest
 import torch
 
+from eval_fixtures import FirstCoordinateModel, write_photo_folder
 from facephi.eval.evaluate import evaluate_model
 from facephi.eval.results import EvalResult, resolve_prior
 from facephi.labels import CLASSES
-from facephi.landmarks.normalize import Normalizer
 from facephi.landmarks.store import LandmarkSet
 from facephi.scoring.metrics import MISS, compute_metrics
 from facephi.utils.errors import FacePhiError
 
 K = len(CLASSES)
-
-
-def write_photo_folder(tmp_path, n=16, failed=(("anger", 2), ("happiness", 1)), label_column=False):
-    """A folder of class folders (the source, empty files: readers open no image) and its extraction:
-    ``n`` faces, all in split ``train``, and ``failed`` photos without a face per class."""
-    source, out = tmp_path / "photos", tmp_path / "data"
-    rng = np.random.default_rng(0)
-    rows, failures = [], []
-    for i in range(n):
-        label = CLASSES[i % K]
-        (source / label).mkdir(parents=True, exist_ok=True)
-        (source / label / f"face{i:02d}.jpg").write_bytes(b"")
-        rows.append([i, f"{label}/face{i:02d}.jpg", label, "train", 64, 48])
-    for label, count in failed:
-        for j in range(count):
-            (source / label).mkdir(parents=True, exist_ok=True)
-            (source / label / f"noface{j}.jpg").write_bytes(b"")
-            failures.append([f"{label}/noface{j}.jpg", "train", "no face", "", *([label] if label_column else [])])
-    out.mkdir()
-    np.save(out / "landmarks.npy", rng.uniform(0.2, 0.8, (n, 478, 3)).astype(np.float32))
-    with open(out / "samples.csv", "w", newline="") as fh:
-        csv.writer(fh).writerows([["index", "path", "label", "split", "width", "height"], *rows])
-    with open(out / "failures.csv", "w", newline="") as fh:
-        header = ["path", "split", "reason", "detail", *(["label"] if label_column else [])]
-        csv.writer(fh).writerows([header, *failures])
-    (out / "manifest.json").write_text(json.dumps({"source": str(source), "reader": "folder", "options": {}}))
-    return out
-
-
-class Encoder(torch.nn.Module):
-    normalizer = Normalizer(align=False)
-
-
-class FirstCoordinateModel(torch.nn.Module):
-    """Answers and scores from the first landmark's x (so the answers depend on the data's content);
-    ``fail_after`` batches, then an interruption."""
-
-    def __init__(self, fail_after=None):
-        super().__init__()
-        self.encoder = Encoder()
-        self.weight = torch.nn.Parameter(torch.zeros(1))
-        self.fail_after, self.calls = fail_after, []
-
-    def _classes(self, points):
-        return [(int(abs(float(p[0, 0])) * 1000) + int(self.weight.item())) % K for p in points]
-
-    def answer(self, points, instructions, max_new_tokens):
-        if self.fail_after is not None and len(self.calls) >= self.fail_after:
-            raise KeyboardInterrupt
-        self.calls.append(len(points))
-        return [f"It shows {CLASSES[k]}." for k in self._classes(points)]
-
-    def class_log_likelihoods(self, points, instructions, templates="first"):
-        scores = torch.full((len(points), K), -5.0)
-        for row, k in enumerate(self._classes(points)):
-            scores[row, k] = -1.0
-        return scores
 
 
 def test_a_set_without_splits_is_evaluated_whole_by_default(tmp_path):
@@ -126,33 +68,49 @@ def test_photos_without_a_face_whose_labels_cannot_be_found_are_reported_not_cou
 def test_resume_is_decided_by_content_not_paths(tmp_path):
     """Retraining into the same folder or re-extracting the data must never continue a partial run."""
     root = write_photo_folder(tmp_path)
-    out = tmp_path / "eval"
-    with pytest.raises(KeyboardInterrupt):
-        evaluate_model(FirstCoordinateModel(fail_after=2), LandmarkSet.load(root), "all", batch_size=4,
-                       out_dir=out, progress=False)
+
+    def interrupted(out):
+        with pytest.raises(KeyboardInterrupt):
+            evaluate_model(FirstCoordinateModel(fail_after=2), LandmarkSet.load(root), "all", batch_size=4,
+                           out_dir=out, progress=False)
+
+    interrupted(tmp_path / "a")
     retrained = FirstCoordinateModel()
     with torch.no_grad():
         retrained.weight += 3  # other weights, same everything else
-    result = evaluate_model(retrained, LandmarkSet.load(root), "all", batch_size=4, out_dir=out, progress=False)
+    result = evaluate_model(retrained, LandmarkSet.load(root), "all", batch_size=4, out_dir=tmp_path / "a",
+                            progress=False)
     assert sum(retrained.calls) == 16  # started over: no answer of the old model kept
     assert result.records == evaluate_model(retrained, LandmarkSet.load(root), "all", batch_size=4,
                                             progress=False).records
-    # the same model and data resume; other data under the same path start over
-    with pytest.raises(KeyboardInterrupt):
-        evaluate_model(FirstCoordinateModel(fail_after=2), LandmarkSet.load(root), "all", batch_size=4,
-                       out_dir=out, progress=False)
+    interrupted(tmp_path / "b")  # the same model and data resume
     same = FirstCoordinateModel()
-    evaluate_model(same, LandmarkSet.load(root), "all", batch_size=4, out_dir=out, progress=False)
+    evaluate_model(same, LandmarkSet.load(root), "all", batch_size=4, out_dir=tmp_path / "b", progress=False)
     assert sum(same.calls) == 8
-    with pytest.raises(KeyboardInterrupt):
-        evaluate_model(FirstCoordinateModel(fail_after=2), LandmarkSet.load(root), "all", batch_size=4,
-                       out_dir=out, progress=False)
+    interrupted(tmp_path / "c")
     np.save(root / "landmarks.npy", np.load(root / "landmarks.npy")[::-1].copy())  # extracted again, other faces
     model = FirstCoordinateModel()
-    result = evaluate_model(model, LandmarkSet.load(root), "all", batch_size=4, out_dir=out, progress=False)
+    result = evaluate_model(model, LandmarkSet.load(root), "all", batch_size=4, out_dir=tmp_path / "c", progress=False)
     assert sum(model.calls) == 16
     fresh = evaluate_model(FirstCoordinateModel(), LandmarkSet.load(root), "all", batch_size=4, progress=False)
     assert result.records == fresh.records
+
+
+def test_a_finished_evaluation_is_reused_only_with_the_same_content(tmp_path):
+    root = write_photo_folder(tmp_path)
+    out = tmp_path / "eval"
+    first = evaluate_model(FirstCoordinateModel(), LandmarkSet.load(root), "all", out_dir=out, progress=False)
+    again = FirstCoordinateModel()
+    reused = evaluate_model(again, LandmarkSet.load(root), "all", out_dir=out, progress=False)
+    assert again.calls == [] and reused.records == first.records  # same model, data and settings
+    retrained = FirstCoordinateModel()
+    with torch.no_grad():
+        retrained.weight += 1
+    with pytest.raises(FacePhiError, match="other settings.*model_fingerprint.*--overwrite"):
+        evaluate_model(retrained, LandmarkSet.load(root), "all", out_dir=out, progress=False)
+    assert EvalResult.load(out).records == first.records  # untouched
+    replaced = evaluate_model(retrained, LandmarkSet.load(root), "all", out_dir=out, progress=False, overwrite=True)
+    assert sum(retrained.calls) == 16 and EvalResult.load(out).records == replaced.records != first.records
 
 
 def test_class_prior_is_explicit_and_recorded(tmp_path):
@@ -199,10 +157,27 @@ def test_eval_cli_on_a_folder_dataset(tmp_path, capsys):
     saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert saved["n"] == 16 and saved["all_photos"]["n"] == 19 and saved["settings"]["split"] == "all"
     assert len(saved["settings"]["model_fingerprint"]) == 64 and len(saved["settings"]["data_fingerprint"]) == 64
-    # --prior train on a set that is all evaluated: one line, before anything is loaded
-    assert main(["eval", *common, "--out", str(tmp_path / "p"), "--mode", "score", "--prior", "train"]) == 2
-    assert "--prior-data" in capsys.readouterr().err
+    assert main(["eval", *common, "--out", str(tmp_path / "p"), "--mode", "score", "--prior", "x.json"]) == 2
+    assert "is a landmark encoder" in capsys.readouterr().err  # an encoder has no class scoring to adjust
     assert main(["eval", *common, "--out", str(tmp_path / "p"), "--prior", "train"]) == 2  # generate: no prior
     assert "--mode score or both" in capsys.readouterr().err
-    assert main(["eval", *common, "--out", str(tmp_path / "p"), "--mode", "score", "--prior", "x.json"]) == 2
+
+
+def test_eval_cli_checks_the_prior_before_loading_the_model(tmp_path, capsys):
+    from facephi.cli import main
+    from test_evaluate import tiny_facephi
+
+    data = write_photo_folder(tmp_path)
+    common = ["--model", str(tiny_facephi(tmp_path / "m")), "--data", str(data), "--threads", "1", "--device", "cpu",
+              "--no-progress", "--mode", "score", "--out", str(tmp_path / "p")]
+    # --prior train on a set that is all evaluated: one line, before anything is loaded
+    assert main(["eval", *common, "--prior", "train"]) == 2
+    assert "--prior-data" in capsys.readouterr().err
+    assert main(["eval", *common, "--prior", str(tmp_path / "x.json")]) == 2
     assert "not uniform, train, a file or a folder" in capsys.readouterr().err
+    assert not (tmp_path / "p" / "metrics.json").exists()
+    other = write_photo_folder(tmp_path / "other")  # the model's training data named
+    assert main(["eval", *common, "--prior", "train", "--prior-data", str(other), "--limit", "4"]) == 0
+    saved = json.loads((tmp_path / "p" / "metrics.json").read_text())
+    assert saved["prior"]["name"] == "train" and saved["prior"]["from"] == str(other)
+    assert "score_prior_corrected" in saved and "train prior divided out (tau 1.0)" in capsys.readouterr().out

@@ -47,6 +47,9 @@ def run(args: argparse.Namespace) -> int:
     if config.model is None:
         config = config.replace(model=default_model())
     kind = check_model_dir(config.model, "--model")  # complete, before anything is loaded
+    if kind == ENCODER and config.prior != "uniform":
+        raise FacePhiError(f"--prior {config.prior}: applies to a FacePhi model's class scoring, "
+                           f"{config.model} is a landmark encoder")
     if not config.data.exists():
         raise FacePhiError(f"{config.data}: not found (--data)")
     data = LandmarkSet.load(config.data)
@@ -60,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     if config.threads:
         torch.set_num_threads(config.threads)
     common = dict(seed=config.seed, limit=config.limit, limit_policy=config.limit_policy, out_dir=config.out,
+                  overwrite=config.overwrite,
                   progress=args.progress, settings={"model": str(config.model), "data": str(config.data)})
     if kind == ENCODER:
         from facephi.model.encoder import LandmarkEncoder

@@ -62,6 +62,10 @@ class EvalConfig(Config):
     prior_tau: float = setting(1.0, min=0, max=10, help="strength of the prior correction: p / prior^tau (1 divides "
                                                         "the prior out entirely, 0 changes nothing)")
 
+    overwrite: bool = setting(False, help="replace a finished evaluation in --out made with other settings "
+                                          "(one with the same settings and the same model and data content is "
+                                          "reused as it is)")
+
     def check(self) -> None:
         if self.prior != "uniform" and self.mode == "generate":
             raise self.error("prior", "applies to class scoring: use --mode score or both")

@@ -37,7 +37,8 @@ used (``"uniform"``: none) is the ``prior`` block of ``metrics.json`` in every s
 
 Resuming is decided by content: the recorded settings hold the fingerprints of the model and of the
 data (:mod:`facephi.eval.fingerprint`), so a partial run of another model or other data in the same
-folder (paths alike) is started over, never continued.
+folder (paths alike) is started over, never continued; a finished evaluation in the folder is
+returned as it is when its settings are the same, refused when they are not (unless ``overwrite``).
 
 Photos without a face: evaluating a ``LandmarkSet`` split whole, the photos of that split where the
 extraction found no face (``failures.csv``, :mod:`facephi.eval.no_face`) are reported (``no_face``)
@@ -59,6 +60,7 @@ import torch
 from facephi.scoring.calibration import adjust_by_prior
 from facephi.scoring.keywords import match_answer
 from facephi.scoring.metrics import MISS, compute_metrics
+from facephi.config import differences
 from facephi.eval.config import EVAL_MODES, INSTRUCTION_POLICIES
 from facephi.eval.fingerprint import dataset_fingerprint, model_fingerprint
 from facephi.eval.figures import all_photos_block, score_block, scored_probabilities
@@ -141,17 +143,29 @@ def _batches(dataset: Any, batch_size: int, skip: set[int]) -> Any:
         yield batch
 
 
+PATH_KEYS = ("model", "data")
+"""Recorded settings that are paths: recorded, but the content fingerprints decide whether two
+evaluations are the same."""
+
+
+def _same_settings(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    return differences(old, new, ignore=PATH_KEYS) == []
+
+
 def _run(
     dataset: Any, predict_batch: Callable[[list[dict[str, Any]]], list[dict[str, Any]]],
     settings: dict[str, Any], batch_size: int, out_dir: str | Path | None, progress: bool,
     title: str, summarize: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
     no_face: PhotosWithoutFace | None = None,
     scored: Callable[[list[dict[str, Any]]], dict[str, np.ndarray]] | None = None,
+    overwrite: bool = False,
 ) -> EvalResult:
     """Shared loop: resume, predict batches, append partial records, compute and write results.
 
-    ``no_face``: the split's photos without a face, reported and counted in ``all_photos`` with the
-    top-level predictions and those of ``scored(records)`` (class-scoring block -> predictions)."""
+    A finished evaluation in ``out_dir`` with the same settings (content fingerprints included) is
+    returned as it is; one with other settings is refused unless ``overwrite``. ``no_face``: the
+    split's photos without a face, reported and counted in ``all_photos`` with the top-level
+    predictions and those of ``scored(records)`` (class-scoring block -> predictions)."""
     from facephi.utils.progress import progress_bar
 
     if batch_size <= 0:
@@ -160,10 +174,19 @@ def _run(
     out = Path(out_dir) if out_dir is not None else None
     done: list[dict[str, Any]] = []
     partial = out / PARTIAL_NAME if out else None
+    finished = EvalResult.load_if_finished(out) if out and not overwrite else None
+    if finished is not None:
+        if _same_settings(finished.settings, settings):
+            logger.info("%s: already evaluated with these settings (same model and data content): reused", out)
+            return finished
+        changed = differences(finished.settings, settings, ignore=PATH_KEYS)
+        raise FacePhiError(f"{out}: holds a finished evaluation made with other settings ({'; '.join(changed[:3])}"
+                           f"{' ...' if len(changed) > 3 else ''}); pass --overwrite to replace it, or choose "
+                           "another --out")
     if out:
         out.mkdir(parents=True, exist_ok=True)
         settings_path = out / "settings.partial.json"
-        if partial.is_file() and settings_path.is_file() and read_json(settings_path) == settings:
+        if partial.is_file() and settings_path.is_file() and _same_settings(read_json(settings_path), settings):
             done = read_jsonl(partial)
             logger.info("resuming %s: %d samples already evaluated", out, len(done))
         write_json(settings_path, settings)
@@ -248,6 +271,7 @@ def evaluate_model(
     prior: Sequence[float] | np.ndarray | str | Path | None = None,
     prior_tau: float = 1.0,
     prior_data: Any = None,
+    overwrite: bool = False,
 ) -> EvalResult:
     """Greedy answers of a ``FacePhiModel`` (``model.answer``) on ``split``, scored by keyword matching.
 
@@ -375,7 +399,8 @@ def evaluate_model(
         return blocks
 
     title = "FacePhi (class scoring)" if mode == "score" else "FacePhi"
-    return _run(dataset, predict_batch, recorded, batch_size, out_dir, progress, title, summarize, no_face, scored)
+    return _run(dataset, predict_batch, recorded, batch_size, out_dir, progress, title, summarize, no_face, scored,
+                overwrite)
 
 
 def evaluate_encoder(
@@ -390,6 +415,7 @@ def evaluate_encoder(
     out_dir: str | Path | None = None,
     progress: bool = True,
     settings: dict[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> EvalResult:
     """The landmark encoder's own classifier (``class_logits``, argmax) on ``split``: the Table-1
     reference row, with the same metrics and files as :func:`evaluate_model`."""
@@ -416,4 +442,4 @@ def evaluate_encoder(
                 "limit_policy": limit_policy, "split_seed": SPLIT_SEED,
                 "model_fingerprint": model_fingerprint(encoder), **dataset_fingerprint(data), **(settings or {})}
     return _run(dataset, predict_batch, recorded, batch_size, out_dir, progress, "Encoder classifier",
-                no_face=no_face)
+                no_face=no_face, overwrite=overwrite)

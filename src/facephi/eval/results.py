@@ -125,6 +125,38 @@ class EvalResult:
                                f"{self.settings.get('mode', 'generate')})")
         return ClassificationMetrics.from_dict({k: v for k, v in self.extra[block].items() if k != "calibration"})
 
+    def rescored(self, prior: Sequence[float] | np.ndarray, tau: float = 1.0) -> ClassificationMetrics:
+        """Metrics over all photos (as :meth:`whole_set`) of the stored class probabilities with
+        ``prior ** tau`` divided out (logit adjustment after the fact: the model is not run again)."""
+        from facephi.scoring.calibration import adjust_by_prior
+        from facephi.scoring.metrics import MISS, compute_metrics
+
+        probabilities = self.class_probabilities()
+        if probabilities is None:
+            raise FacePhiError(f"{self.out_dir}: no class probabilities to adjust (evaluated with --mode "
+                               f"{self.settings.get('mode', 'generate')})")
+        no_face = self.extra.get("no_face") or {}
+        counts = no_face.get("by_class") if no_face.get("counted") else None
+        missing = np.repeat(np.arange(len(CLASSES)), [counts[c] for c in CLASSES]) if counts else np.zeros(0, np.int64)
+        truth = np.concatenate([self.truth(), missing])
+        predicted = np.concatenate([adjust_by_prior(probabilities, prior, tau).argmax(axis=1),
+                                    np.full(len(missing), MISS)])
+        return compute_metrics(truth, predicted, bootstrap=BOOTSTRAP_RESAMPLES)
+
+    def readings(self) -> dict[str, ClassificationMetrics]:
+        """Every reading of this evaluation over all photos (:meth:`whole_set`): ``"answers"`` (generated
+        answers, keyword matching), ``"classifier"`` (an encoder's own), ``"score"`` and
+        ``"score_prior_corrected"`` (class scoring), those that were evaluated."""
+        out: dict[str, ClassificationMetrics] = {}
+        if self.settings.get("kind", "facephi") != "facephi":
+            out["classifier"] = self.whole_set()
+        elif self.settings.get("mode", "generate") != "score":
+            out["answers"] = self.whole_set()
+        for block in SCORE_BLOCKS:
+            if block in self.extra:
+                out[block] = self.whole_set(block)
+        return out
+
     def truth(self) -> np.ndarray:
         """True class index per sample ``[N]``."""
         return record_truth(self.records)
