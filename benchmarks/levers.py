@@ -113,6 +113,13 @@ def row_line(name: str, lever: str, valid: Any, test: dict[str, Any], time: str,
             f"| {' | '.join(webdev_cells(web))} | {time} |")
 
 
+def webdev_note(spec: dict[str, Any]) -> str:
+    """The paragraph above the table about its web-dev columns (and the spec's ``webdev_note``)."""
+    return ("Web-dev: every photo of the shared web-dev half (`python benchmarks/webdev.py --model MODEL`; a photo "
+            "without a face counts as a wrong answer), accuracy / macro recall with 95 % intervals. "
+            + spec.get("webdev_note", "")).strip()
+
+
 def row_webdev(row: dict[str, Any], root: Path, prior: np.ndarray | None = None) -> dict[str, Any] | None:
     """The web-dev figures of a spec row, None where it has no finished web-dev evaluation."""
     folder = row.get("webdev")
@@ -134,9 +141,7 @@ def build(spec: dict[str, Any], root: Path) -> tuple[str, dict[str, Any]]:
              "Scoring = argmax of the 8 class probabilities (likelihood of each class's answer); answers = the "
              "generated answer in words, keyword matching (the paper's metric; only where that evaluation "
              "generated). Percent, with 95 % bootstrap intervals over the Test faces.", "",
-             "Web-dev: every photo of the shared web-dev half (`benchmarks/webdev.py`; a photo without a face "
-             "counts as a wrong answer), accuracy / macro recall with 95 % intervals.", "",
-             HEADER, "|---|---|---|---|---|---|---|---|---|---|"]
+             webdev_note(spec), "", HEADER, "|---|---|---|---|---|---|---|---|---|---|"]
     measured: dict[str, Any] = {}
     notes: list[str] = []
     for row in spec["rows"]:
@@ -199,14 +204,17 @@ def update_webdev(text: str, spec: dict[str, Any], root: Path) -> str:
     columns filled from the spec rows' ``webdev`` folders; every other cell kept as it is. A
     prior-corrected row needs the Valid prior, which only :func:`build` has: "not measured" here."""
     rows = {row["name"]: row for row in spec["rows"]}
-    out = []
-    for line in text.splitlines():
+    out: list[str] = []
+    lines = text.splitlines()
+    for number, line in enumerate(lines):
+        if line.startswith("Web-dev: every photo") or (not line and number and lines[number - 1].startswith("Web-dev:")):
+            continue  # written again above the header
         if not line.startswith("|"):
             out.append(line)
             continue
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if cells[0] == "row":
-            out.append(HEADER)
+            out += [webdev_note(spec), "", HEADER]
             continue
         if set(cells[0]) <= {"-"}:
             out.append("|" + "---|" * 10)

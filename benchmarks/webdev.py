@@ -77,7 +77,9 @@ def figures(eval_dir: Path, prior: str = "uniform", prior_tau: float = 1.0, prio
         readings["score_prior_corrected"] = reading_figures(result.rescored(values, prior_tau))
         source = {**source, "tau": prior_tau, "values": {c: float(p) for c, p in zip(CLASSES, values)}}
     return {"eval_dir": str(eval_dir), "model": result.settings.get("model"), "data": result.settings.get("data"),
-            "faces": result.metrics.n, "no_face": no_face, "prior": source, "readings": readings}
+            "faces": result.metrics.n, "no_face": no_face, "prior": source, "readings": readings,
+            "instruction_policy": result.settings.get("instruction_policy"), "precision": result.settings.get("precision"),
+            "seconds": result.seconds}
 
 
 def markdown(fig: dict[str, Any], command: str) -> str:
@@ -89,7 +91,10 @@ def markdown(fig: dict[str, Any], command: str) -> str:
              f"{photos} photos of {fig['data']}: {fig['faces']} faces found, {no_face['n']} without a face"
              + ("" if no_face.get("counted") else f" (NOT counted: {no_face.get('note')})")
              + "; a photo without a face counts as a wrong answer (no class). Percent, 95 % bootstrap intervals "
-             "(1,000 resamples).", ""]
+             "(1,000 resamples).", "",
+             f"`facephi eval --split all --mode both` in `{fig['eval_dir']}`: instructions "
+             f"{fig.get('instruction_policy')}{' (a seeded Table-2 instruction per face)' if fig.get('instruction_policy') == 'random' else ''}, greedy answers, "
+             f"{fig.get('precision')}; {fig.get('seconds', 0) / 60:.0f} min.", ""]
     if fig["prior"].get("name") != "uniform":
         prior = fig["prior"]
         values = ", ".join(f"{c} {100 * v:.1f}" for c, v in prior["values"].items())
@@ -172,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     except FacePhiError as exc:
         print(f"webdev: error: {exc}", file=sys.stderr)
         return 2
+    fig["data"] = str(args.data)
+    fig["eval_dir"] = str(eval_dir.relative_to(ROOT) if eval_dir.is_relative_to(ROOT) else eval_dir)
     text = markdown(fig, command)
     print(text)
     if args.out is not None:

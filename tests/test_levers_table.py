@@ -92,18 +92,19 @@ def test_webdev_columns_beside_fer_and_update_of_an_older_table(tmp_path, capsys
     assert rows["without"][7:9] == ["not measured"] * 2 and rows["gpu"][7:9] == ["not measured"] * 2
     assert "[" in rows["with, prior-corrected scoring"][8]  # the Valid prior divided out of the web-dev scores
     # an older table without web-dev columns: only those are added, every FER+ cell kept
-    old = "\n".join(["# T", "", "| row | lever | V | a | b | c | d | time |", "|---|---|---|---|---|---|---|---|",
+    old = "\n".join(["# T", "", "text above", "", "| row | lever | V | a | b | c | d | time |", "|---|---|---|---|---|---|---|---|",
                      "| with | x | 1 / 2 | 3 | 4 | 5 | 6 | 7 min |", "| with, prior-corrected scoring | x | 1 | 2 | 3 | 4 | 5 | same |",
                      "| gpu | z | not run: needs a GPU | | | | | |", "", "text"]) + "\n"
     (tmp_path / "old.md").write_text(old)
     assert levers.main(["--spec", str(tmp_path / "spec.json"), "--root", str(tmp_path),
                         "--update", str(tmp_path / "old.md")]) == 0
     updated = (tmp_path / "old.md").read_text().splitlines()
-    assert updated[2] == levers.HEADER and updated[-1] == "text"
-    cells = [c.strip() for c in updated[4].strip("|").split("|")]
+    assert updated[2:6] == ["text above", "", levers.webdev_note(spec), ""]
+    assert updated[6] == levers.HEADER and updated[-1] == "text"
+    cells = [c.strip() for c in updated[8].strip("|").split("|")]
     assert cells[:7] == ["with", "x", "1 / 2", "3", "4", "5", "6"] and cells[9] == "7 min"
     assert cells[7] == rows["with"][7] and cells[8] == rows["with"][8]
-    assert [c.strip() for c in updated[5].strip("|").split("|")][7:] == ["not measured", "not measured", "same"]
+    assert [c.strip() for c in updated[9].strip("|").split("|")][7:] == ["not measured", "not measured", "same"]
     assert levers.main(["--spec", str(tmp_path / "spec.json"), "--root", str(tmp_path),
                         "--update", str(tmp_path / "old.md")]) == 0  # again: the same
     assert (tmp_path / "old.md").read_text().splitlines() == updated
