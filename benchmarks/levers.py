@@ -5,8 +5,15 @@
 ``--spec`` lists the rows (see ``benchmarks/levers.json``): each names its training command, its run
 folder and two finished ``facephi eval`` folders, ``valid`` (class scoring on Valid, what a lever is
 chosen on) and ``test`` (all of Test; class scoring, and the answers in words where the evaluation
-generated them). A row whose folders are missing, or that says ``not_run``, is printed with the
-reason: no row is dropped. Intervals: percentile bootstrap over the evaluated faces (1,000 resamples,
+generated them), and optionally ``webdev``: the finished web-dev evaluation of ``benchmarks/webdev.py``
+(every photo, one without a face counted as a wrong answer); a row without one says "not measured".
+A row whose folders are missing, or that says ``not_run``, is printed with the reason: no row is
+dropped.
+
+    python benchmarks/levers.py --update benchmarks/results/levers_ferplus.md
+
+refreshes only the web-dev columns of an existing table from the rows' ``webdev`` folders, leaving
+every FER+ figure as it is (for a machine that holds the web-dev evaluations but not the FER+ ones). Intervals: percentile bootstrap over the evaluated faces (1,000 resamples,
 seed 0), recomputed from ``predictions.jsonl`` so that older evaluations get them too.
 
 Printed at the end: ``best_valid=<row name>`` (among the rows run, the one whose Valid class scoring
@@ -75,10 +82,50 @@ def target_progress(metrics: Any) -> tuple[float, float]:
     return ratios[0], ratios[1]
 
 
-def row_line(name: str, lever: str, valid: Any, test: dict[str, Any], time: str) -> str:
+NOT_MEASURED = "not measured"
+WEBDEV_HEADERS = ("web-dev answers acc / macro recall", "web-dev scoring acc / macro recall")
+
+
+def webdev_figures(folder: Path, prior: np.ndarray | None = None) -> dict[str, Any]:
+    """All-photo metrics of a finished web-dev evaluation (a photo without a face counts as a wrong
+    answer): ``answer`` and ``score``; with ``prior``, ``score`` is the prior-corrected argmax."""
+    from facephi.eval.results import EvalResult
+
+    result = EvalResult.load(folder)
+    if prior is not None:
+        return {"answer": None, "score": None if result.class_probabilities() is None else result.rescored(prior)}
+    readings = result.readings()
+    return {"answer": readings.get("answers"), "score": readings.get("score")}
+
+
+def webdev_cells(web: dict[str, Any] | None) -> list[str]:
+    if web is None:
+        return [NOT_MEASURED, NOT_MEASURED]
+    return [NOT_MEASURED if web.get(key) is None else
+            f"{cell(web[key], 'accuracy')} / {cell(web[key], 'balanced_accuracy')}" for key in ("answer", "score")]
+
+
+def row_line(name: str, lever: str, valid: Any, test: dict[str, Any], time: str,
+             web: dict[str, Any] | None = None) -> str:
     return (f"| {name} | {lever} | {cell(valid, 'accuracy', False)} / {cell(valid, 'balanced_accuracy', False)} "
             f"| {cell(test.get('score'), 'accuracy')} | {cell(test.get('score'), 'balanced_accuracy')} "
-            f"| {cell(test.get('answer'), 'accuracy')} | {cell(test.get('answer'), 'balanced_accuracy')} | {time} |")
+            f"| {cell(test.get('answer'), 'accuracy')} | {cell(test.get('answer'), 'balanced_accuracy')} "
+            f"| {' | '.join(webdev_cells(web))} | {time} |")
+
+
+def webdev_note(spec: dict[str, Any]) -> str:
+    """The paragraph above the table about its web-dev columns (and the spec's ``webdev_note``)."""
+    return ("Web-dev: every photo of the shared web-dev half (`python benchmarks/webdev.py --model MODEL`; a photo "
+            "without a face counts as a wrong answer), accuracy / macro recall with 95 % intervals. "
+            + spec.get("webdev_note", "")).strip()
+
+
+def row_webdev(row: dict[str, Any], root: Path, prior: np.ndarray | None = None) -> dict[str, Any] | None:
+    """The web-dev figures of a spec row, None where it has no finished web-dev evaluation."""
+    folder = row.get("webdev")
+    if not folder or not (root / folder / "metrics.json").is_file():
+        return None
+    return webdev_figures(root / folder, prior)
 
 
 def wall_time(run: Path) -> str:
@@ -94,24 +141,24 @@ def build(spec: dict[str, Any], root: Path) -> tuple[str, dict[str, Any]]:
              "Scoring = argmax of the 8 class probabilities (likelihood of each class's answer); answers = the "
              "generated answer in words, keyword matching (the paper's metric; only where that evaluation "
              "generated). Percent, with 95 % bootstrap intervals over the Test faces.", "",
-             "| row | lever | Valid scoring acc / macro recall | Test scoring accuracy | Test scoring macro recall "
-             "| Test answers accuracy | Test answers macro recall | stage-2 time |",
-             "|---|---|---|---|---|---|---|---|"]
+             webdev_note(spec), "", HEADER, "|---|---|---|---|---|---|---|---|---|---|"]
     measured: dict[str, Any] = {}
     notes: list[str] = []
     for row in spec["rows"]:
         name, lever = row["name"], row.get("lever", "")
+        web = " | ".join(webdev_cells(row_webdev(row, root)))
         if "not_run" in row:
-            lines.append(f"| {name} | {lever} | not run: {row['not_run']} | | | | | |")
+            lines.append(f"| {name} | {lever} | not run: {row['not_run']} | | | | | {web} | |")
             continue
         missing = [key for key in ("valid", "test") if not (root / row[key] / "metrics.json").is_file()]
         if missing:
             lines.append(f"| {name} | {lever} | not run: no finished {' / '.join(missing)} evaluation "
-                         f"({', '.join(row[k] for k in missing)}) | | | | | |")
+                         f"({', '.join(row[k] for k in missing)}) | | | | | {web} | |")
             continue
         valid, test = figures(root / row["valid"]), figures(root / row["test"])
         measured[name] = {"valid": valid, "test": test}
-        lines.append(row_line(name, lever, valid.get("score"), test, wall_time(root / row["run"])))
+        lines.append(row_line(name, lever, valid.get("score"), test, wall_time(root / row["run"]),
+                              row_webdev(row, root)))
         if "probs" in valid and "probs" in test:
             from facephi.scoring.calibration import estimate_prior
 
@@ -120,7 +167,8 @@ def build(spec: dict[str, Any], root: Path) -> tuple[str, dict[str, Any]]:
             measured[corrected] = {"valid": {**valid, "score": prior_corrected(valid, prior)},
                                    "test": {**test, "score": prior_corrected(test, prior), "answer": None}}
             lines.append(row_line(corrected, "class balance at scoring (logit adjustment by the Valid prior)",
-                                  measured[corrected]["valid"]["score"], measured[corrected]["test"], "same model"))
+                                  measured[corrected]["valid"]["score"], measured[corrected]["test"], "same model",
+                                  row_webdev(row, root, prior)))
         notes.append(f"- **{name}**: `{row['command']}`; Valid n = {valid['n']}, Test n = {test['n']}.")
     best = None
     if measured:
@@ -146,17 +194,60 @@ def build(spec: dict[str, Any], root: Path) -> tuple[str, dict[str, Any]]:
     return "\n".join(lines) + "\n", summary
 
 
+HEADER = ("| row | lever | Valid scoring acc / macro recall | Test scoring accuracy | Test scoring macro recall "
+          "| Test answers accuracy | Test answers macro recall | " + " | ".join(WEBDEV_HEADERS) + " | stage-2 time |")
+CORRECTED = ", prior-corrected scoring"
+
+
+def update_webdev(text: str, spec: dict[str, Any], root: Path) -> str:
+    """``text`` (a table written by :func:`build`, with or without web-dev columns) with its web-dev
+    columns filled from the spec rows' ``webdev`` folders; every other cell kept as it is. A
+    prior-corrected row needs the Valid prior, which only :func:`build` has: "not measured" here."""
+    rows = {row["name"]: row for row in spec["rows"]}
+    out: list[str] = []
+    lines = text.splitlines()
+    for number, line in enumerate(lines):
+        if line.startswith("Web-dev: every photo") or (not line and number and lines[number - 1].startswith("Web-dev:")):
+            continue  # written again above the header
+        if not line.startswith("|"):
+            out.append(line)
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells[0] == "row":
+            out += [webdev_note(spec), "", HEADER]
+            continue
+        if set(cells[0]) <= {"-"}:
+            out.append("|" + "---|" * 10)
+            continue
+        if len(cells) not in (8, 10):
+            raise ValueError(f"a table row with {len(cells)} cells, expected 8 or 10: {line[:60]}")
+        name = cells[0]
+        row = rows.get(name.removesuffix(CORRECTED)) if name.endswith(CORRECTED) else rows.get(name)
+        if row is None:
+            raise ValueError(f"table row {name!r} is not in the spec")
+        web = None if name.endswith(CORRECTED) else row_webdev(row, root)
+        kept = cells[:7] + [cells[-1]]
+        out.append("| " + " | ".join([*kept[:7], *webdev_cells(web), kept[7]]) + " |")
+    return "\n".join(out) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--spec", type=Path, default=ROOT / "benchmarks" / "levers.json", help="rows (JSON)")
     parser.add_argument("--root", type=Path, default=ROOT, help="folder the spec's paths are relative to")
     parser.add_argument("--out", type=Path, default=None, help="write the markdown table here")
+    parser.add_argument("--update", type=Path, default=None,
+                        help="refresh only the web-dev columns of this existing table (written in place)")
     args = parser.parse_args(argv)
     from facephi.utils.errors import FacePhiError
     from facephi.utils.io import write_text
 
     try:
         spec = json.loads(args.spec.read_text(encoding="utf-8"))
+        if args.update is not None:
+            write_text(args.update, update_webdev(args.update.read_text(encoding="utf-8"), spec, args.root))
+            print(f"levers: web-dev columns of {args.update} refreshed")
+            return 0
         text, summary = build(spec, args.root)
     except (OSError, ValueError, KeyError, FacePhiError) as exc:
         print(f"levers: error: {args.spec}: {exc}", file=sys.stderr)

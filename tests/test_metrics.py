@@ -98,3 +98,21 @@ def test_bootstrap_intervals_bracket_the_estimate_and_shrink_with_n():
     assert compute_metrics(small[0], small[0], bootstrap=50).intervals["accuracy"] == [1.0, 1.0]
     with pytest.raises(ValueError, match="bootstrap"):
         bootstrap_intervals(*small, 8, 0)
+
+
+def test_answer_shares_against_the_issue_criterion():
+    from facephi.scoring.metrics import answer_shares
+
+    # 100 samples: a 50 (answered 74 times: within 1.5 x), b 48 (answered 20), c 2 (2 %, answered 6 > 5 %)
+    y_true = [0] * 50 + [1] * 48 + [2] * 2
+    y_pred = [0] * 74 + [1] * 20 + [2] * 6
+    shares = answer_shares(compute_metrics(y_true, y_pred, class_names=NAMES))
+    assert shares["a"]["answered"] == pytest.approx(0.74) and shares["a"]["limit"] == pytest.approx(0.75)
+    assert shares["a"]["within"] and shares["b"]["within"]
+    assert shares["c"]["share"] == pytest.approx(0.02) and shares["c"]["limit"] == 0.05
+    assert shares["c"]["count"] == 6 and not shares["c"]["within"]
+    # a answered 76 times (over 1.5 x its 50 %), c 5 times (the 5 % cap: within); misses name no class
+    y_pred = [0] * 76 + [1] * 18 + [2] * 5 + [MISS]
+    shares = answer_shares(compute_metrics(y_true, y_pred, class_names=NAMES))
+    assert not shares["a"]["within"] and shares["c"]["within"] and shares["b"]["count"] == 18
+    assert sum(row["answered"] for row in shares.values()) == pytest.approx(0.99)

@@ -256,10 +256,10 @@ def test_eval_cli_score_and_both_with_prior_on_a_tiny_checkpoint(tmp_path, capsy
     common = ["--model", str(tmp_path / "m"), "--data", str(data), "--batch-size", "3", "--max-new-tokens", "3",
               "--no-progress", "--device", "cpu", "--threads", "1"]
     assert main(["eval", *common, "--split", "valid", "--mode", "score", "--out", str(tmp_path / "valid")]) == 0
-    assert main(["eval", *common, "--mode", "both", "--prior-correction", "--prior-from", str(tmp_path / "valid"),
+    assert main(["eval", *common, "--mode", "both", "--prior", str(tmp_path / "valid"),
                  "--out", str(tmp_path / "test")]) == 0
     out = capsys.readouterr().out
-    assert "Class scoring, prior corrected" in out and "Agreement" in out
+    assert "Class scoring, valid scores prior divided out (tau 1.0)" in out and "Agreement" in out
     saved = json.loads((tmp_path / "test" / "metrics.json").read_text())
     score = saved["score"]
     assert (f"Class scoring: accuracy {100 * score['accuracy']:.1f} %, macro recall "
@@ -278,4 +278,4 @@ def test_eval_cli_score_and_both_with_prior_on_a_tiny_checkpoint(tmp_path, capsy
     probs = model.class_probabilities(points, [r["instruction"] for r in records])
     recorded = torch.tensor([[r["scores"][c] for c in CLASSES] for r in records], dtype=torch.float32)
     torch.testing.assert_close(recorded, probs, rtol=1e-4, atol=1e-5)
-    assert main(["eval", *common, "--prior-from", str(tmp_path / "valid"), "--out", str(tmp_path / "bad")]) == 2
+    assert main(["eval", *common, "--prior", str(tmp_path / "valid"), "--out", str(tmp_path / "bad")]) == 2  # generate

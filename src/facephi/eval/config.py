@@ -24,7 +24,9 @@ class EvalConfig(Config):
     out: Path = setting(help="output folder (metrics.json, predictions.jsonl, confusion.png, report.md)")
     model: Path | None = setting(None, help="FacePhi model or landmark encoder checkpoint folder "
                                             "(default: $FACEPHI_MODEL, else the shipped model)")
-    split: str = setting("test", help="split to evaluate (train/valid/test, or another split name of the dataset)")
+    split: str = setting("auto", help="split to evaluate: train/valid/test, all (every photo: a dataset made for "
+                                      "evaluation only), or another split name of the dataset; auto = all for a "
+                                      "dataset without splits (a folder of class folders), else test")
     batch_size: int = setting(16, min=1, max=4096, help="samples per batch")
     max_new_tokens: int = setting(32, min=1, max=MAX_NEW_TOKENS, help="answer length limit in tokens")
     limit: int | None = setting(None, min=1, unlimited=True, help="evaluate N samples of the split (see --limit-policy)")
@@ -47,15 +49,27 @@ class EvalConfig(Config):
     score_templates: str = setting("first", choices=SCORE_TEMPLATES,
                                    help="class scoring: likelihood of the first answer template, or the mean "
                                         "likelihood over all 10 templates (the prompt still runs once; 10x the answers)")
-    prior_correction: bool = setting(False, help="also report class scoring with the class prior divided out "
-                                                 "(logit adjustment; the prior read from --prior-from)")
-    prior_from: Path | None = setting(None, help="a finished `facephi eval --mode score` (or both) folder on the "
-                                                 "valid split: its mean predicted probability per class is the prior")
+    prior: str = setting("uniform", metavar="uniform|train|FILE",
+                         help="class scoring: the class prior divided out of the 8 class probabilities (logit "
+                              "adjustment, p / prior^tau renormalised), reported beside the plain scores and "
+                              "recorded in metrics.json. uniform = none (the model's own scores); train = the class "
+                              "frequencies of the train split of --prior-data; FILE = a JSON file (8 numbers in "
+                              "class order, or {class: number}) or a finished `facephi eval --mode score --split "
+                              "valid` folder (its mean predicted probability per class)")
+    prior_data: Path | None = setting(None, help="--prior train: the dataset folder (`facephi extract` output) whose "
+                                                 "train split gives the class frequencies (the model's training data; "
+                                                 "default: --data, when it has a train split apart from the one evaluated)")
+    prior_tau: float = setting(1.0, min=0, max=10, help="strength of the prior correction: p / prior^tau (1 divides "
+                                                        "the prior out entirely, 0 changes nothing)")
+
+    overwrite: bool = setting(False, help="replace a finished evaluation in --out made with other settings "
+                                          "(one with the same settings and the same model and data content is "
+                                          "reused as it is)")
 
     def check(self) -> None:
-        if self.prior_correction and self.mode == "generate":
-            raise self.error("prior_correction", "applies to class scoring: use --mode score or both")
-        if self.prior_correction and self.prior_from is None:
-            raise self.error("prior_correction", "needs --prior-from DIR (an `eval --mode score` folder on valid)")
-        if self.prior_from is not None and not self.prior_correction:
-            raise self.error("prior_from", "is used by --prior-correction only")
+        if self.prior != "uniform" and self.mode == "generate":
+            raise self.error("prior", "applies to class scoring: use --mode score or both")
+        if self.prior_data is not None and self.prior != "train":
+            raise self.error("prior_data", "is used by --prior train only")
+        if not self.prior:
+            raise self.error("prior", "is empty: uniform, train or a file")

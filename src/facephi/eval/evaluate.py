@@ -28,52 +28,49 @@ Modes of ``evaluate_model`` (``facephi eval --mode``):
   scored, the ``score`` block and ``agreement`` (fraction of samples whose generated class, a
   keyword miss counting as a disagreement, equals the scored argmax).
 
-With a ``prior`` (8 numbers, or a finished ``score``/``both`` evaluation folder on the valid split,
-whose mean predicted probability per class is the prior: :func:`read_prior`), the block
-``score_prior_corrected`` holds the metrics and calibration of the probabilities divided by the
-prior and renormalised (logit adjustment; ``reliability_prior_corrected.png``), and records get
-``scored_class_prior_corrected``; the uncorrected ``score`` block stays.
+With a ``prior`` (8 numbers, or what :func:`~facephi.eval.results.resolve_prior` reads: ``"train"``
+class frequencies, a JSON file, a finished ``score``/``both`` evaluation folder on the valid split),
+the block ``score_prior_corrected`` holds the metrics and calibration of the probabilities divided
+by ``prior ** prior_tau`` and renormalised (logit adjustment; ``reliability_prior_corrected.png``),
+and records get ``scored_class_prior_corrected``; the uncorrected ``score`` block stays. The prior
+used (``"uniform"``: none) is the ``prior`` block of ``metrics.json`` in every scoring evaluation.
+
+Resuming is decided by content: the recorded settings hold the fingerprints of the model and of the
+data (:mod:`facephi.eval.fingerprint`), so a partial run of another model or other data in the same
+folder (paths alike) is started over, never continued; a finished evaluation in the folder is
+returned as it is when its settings are the same, refused when they are not (unless ``overwrite``).
+
+Photos without a face: evaluating a ``LandmarkSet`` split whole, the photos of that split where the
+extraction found no face (``failures.csv``, :mod:`facephi.eval.no_face`) are reported (``no_face``)
+and counted as wrong answers in the ``all_photos`` block (the top-level metrics, and every class-scoring
+block, over every photo: their prediction is "no class"); the top-level metrics stay those of the faces.
 """
 
 from __future__ import annotations
 
-import json
-import logging
-import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from facephi.scoring.calibration import adjust_by_prior, calibration_summary
+from facephi.scoring.calibration import adjust_by_prior
 from facephi.scoring.keywords import match_answer
-from facephi.scoring.metrics import MISS, compute_metrics
-from facephi.eval.report import metrics_markdown, save_confusion_png, save_reliability_png, scoring_markdown
+from facephi.scoring.metrics import MISS
+from facephi.eval.config import EVAL_MODES, INSTRUCTION_POLICIES
+from facephi.eval.fingerprint import dataset_fingerprint, model_fingerprint
+from facephi.eval.figures import score_block, scored_probabilities
+from facephi.eval.no_face import PhotosWithoutFace, photos_without_face
+from facephi.eval.runner import run_evaluation
 from facephi.labels import CLASSES
 from facephi.landmarks.store import SPLIT_SEED
 from facephi.model.precision import module_device
 from facephi.utils.errors import FacePhiError
-from facephi.eval.results import (
-    BOOTSTRAP_RESAMPLES,
-    METRICS_NAME,
-    PARTIAL_NAME,
-    PREDICTIONS_NAME,
-    SCORE_BLOCKS,
+from facephi.eval.results import (  # noqa: F401 - EvalResult and read_prior: part of this module's API
     EvalResult,
-    jsonl_text,
-    read_jsonl,
     read_prior,
-    record_probabilities,
-    record_truth,
+    resolve_prior,
 )
-from facephi.utils.io import read_json, write_json, write_text
-from facephi.utils.runinfo import run_info
-
-logger = logging.getLogger(__name__)
-
-INSTRUCTION_POLICIES = ("random", "first")
-EVAL_MODES = ("generate", "score", "both")
 
 
 def choose_instruction(index: int, policy: str = "random", seed: int = 0) -> str:
@@ -88,119 +85,23 @@ def choose_instruction(index: int, policy: str = "random", seed: int = 0) -> str
 
 
 def _as_dataset(data: Any, split: str, normalizer: Any, limit: int | None, seed: int,
-                limit_policy: str = "random") -> Any:
-    """A ``LandmarkSet`` becomes a ``LandmarkDataset`` of ``split`` (``LandmarkSet.select``: labelled
-    samples, the standard split of ``SPLIT_SEED``, a ``limit_policy`` subset of ``limit`` drawn with
-    ``seed``); a dataset is used as is."""
+                limit_policy: str = "random") -> tuple[Any, PhotosWithoutFace | None]:
+    """(dataset, photos without a face): a ``LandmarkSet`` becomes a ``LandmarkDataset`` of ``split``
+    (``LandmarkSet.select``: labelled samples, the standard split of ``SPLIT_SEED``, ``"all"``: every
+    sample, a ``limit_policy`` subset of ``limit`` drawn with ``seed``) with the split's photos without
+    a face; a dataset is used as is (None: it has no photos)."""
     if hasattr(data, "__getitem__") and hasattr(data, "__len__") and not hasattr(data, "standard_splits"):
         if limit is not None and limit < len(data):
-            return torch.utils.data.Subset(data, list(range(limit)))
-        return data
+            return torch.utils.data.Subset(data, list(range(limit))), None
+        return data, None
     from facephi.data.dataset import LandmarkDataset
 
     if normalizer is None:
         raise FacePhiError("the model's encoder has no landmark normaliser: pass a LandmarkDataset "
                            "of already normalised landmarks instead of a LandmarkSet")
     indices = data.select(split, limit, limit_policy, seed)
-    return LandmarkDataset(data, indices, normalizer)
-
-
-def _batches(dataset: Any, batch_size: int, skip: set[int]) -> Any:
-    """Yield lists of items of ``dataset`` in order, leaving out sample indices in ``skip``."""
-    batch: list[dict[str, Any]] = []
-    for position in range(len(dataset)):
-        item = dataset[position]
-        if int(item["index"]) in skip:
-            continue
-        if not 0 <= int(item["label"]) < len(CLASSES):
-            raise FacePhiError(f"sample {int(item['index'])} has no class label ({int(item['label'])})")
-        batch.append(item)
-        if len(batch) == batch_size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def _run(
-    dataset: Any, predict_batch: Callable[[list[dict[str, Any]]], list[dict[str, Any]]],
-    settings: dict[str, Any], batch_size: int, out_dir: str | Path | None, progress: bool,
-    title: str, summarize: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
-) -> EvalResult:
-    """Shared loop: resume, predict batches, append partial records, compute and write results."""
-    from facephi.utils.progress import progress_bar
-
-    if batch_size <= 0:
-        raise FacePhiError(f"batch size must be positive, got {batch_size}")
-    settings = json.loads(json.dumps(settings, default=str))  # as it reads back from JSON
-    out = Path(out_dir) if out_dir is not None else None
-    done: list[dict[str, Any]] = []
-    partial = out / PARTIAL_NAME if out else None
-    if out:
-        out.mkdir(parents=True, exist_ok=True)
-        settings_path = out / "settings.partial.json"
-        if partial.is_file() and settings_path.is_file() and read_json(settings_path) == settings:
-            done = read_jsonl(partial)
-            logger.info("resuming %s: %d samples already evaluated", out, len(done))
-        write_json(settings_path, settings)
-        write_text(partial, jsonl_text(done))  # drops a truncated last line, starts fresh otherwise
-
-    start = time.perf_counter()
-    skip = {int(r["index"]) for r in done}
-    records = list(done)
-    with progress_bar(total=len(dataset), initial=len(done), enabled=progress, unit="samples",
-                      desc=title) as bar:
-        for batch in _batches(dataset, batch_size, skip):
-            new = predict_batch(batch)
-            records.extend(new)
-            if partial is not None:
-                with open(partial, "a", encoding="utf-8") as fh:
-                    fh.write(jsonl_text(new))
-            bar.update(len(batch))
-    seconds = time.perf_counter() - start
-
-    if not records:
-        raise FacePhiError("nothing to evaluate: the dataset is empty")
-    metrics = compute_metrics(
-        [r["true_index"] for r in records], [r["predicted_index"] for r in records],
-        ambiguous=[r["ambiguous"] for r in records] if "ambiguous" in records[0] else None,
-        contains_correct=[r["correct_contains"] for r in records] if "correct_contains" in records[0] else None,
-        bootstrap=BOOTSTRAP_RESAMPLES,
-    )
-    result = EvalResult(metrics, records, settings, seconds, out, summarize(records) if summarize else {})
-    if out:
-        _write_outputs(result, title)
-        partial.unlink(missing_ok=True)
-        (out / "settings.partial.json").unlink(missing_ok=True)
-    return result
-
-
-def _write_outputs(result: EvalResult, title: str) -> None:
-    out = result.out_dir
-    assert out is not None
-    write_text(out / PREDICTIONS_NAME, jsonl_text(result.records))
-    write_json(out / METRICS_NAME, {**result.metrics.to_dict(), **result.extra, "settings": result.settings,
-                                    "seconds": result.seconds, "run": run_info(result.settings.get("seed"))})
-    save_confusion_png(result.metrics, out / "confusion.png", title=f"{title}: accuracy "
-                       f"{100 * result.metrics.accuracy:.1f} % (n = {result.metrics.n})")
-    for key in SCORE_BLOCKS:
-        if key in result.extra:
-            block = result.extra[key]
-            name = "reliability.png" if key == "score" else "reliability_prior_corrected.png"
-            label = "class scoring" if key == "score" else "class scoring, prior corrected"
-            save_reliability_png(block["calibration"], out / name,
-                                 title=f"{title}, {label}: accuracy {100 * block['accuracy']:.1f} % (n = {block['n']})")
-    info = {k: v for k, v in result.settings.items() if not isinstance(v, (dict, list))}
-    write_text(out / "report.md", metrics_markdown(result.metrics, title=title, info=info) + scoring_markdown(result.extra))
-
-
-def _score_block(records: list[dict[str, Any]], prior: np.ndarray | None = None) -> dict[str, Any]:
-    """Metrics of the scored argmax plus calibration, from the records' ``scores``."""
-    probabilities, truth = record_probabilities(records), record_truth(records)
-    if prior is not None:
-        probabilities = adjust_by_prior(probabilities, prior)
-    metrics = compute_metrics(truth, probabilities.argmax(axis=1), bootstrap=BOOTSTRAP_RESAMPLES)
-    return {**metrics.to_dict(), "calibration": calibration_summary(probabilities, truth)}
+    subset = limit is not None and len(indices) < len(data.select(split))
+    return LandmarkDataset(data, indices, normalizer), photos_without_face(data, split, limit if subset else None)
 
 
 def _class_name(index: int | None) -> str | None:
@@ -225,12 +126,17 @@ def evaluate_model(
     mode: str = "generate",
     score_templates: str = "first",
     prior: Sequence[float] | np.ndarray | str | Path | None = None,
+    prior_tau: float = 1.0,
+    prior_data: Any = None,
+    overwrite: bool = False,
 ) -> EvalResult:
     """Greedy answers of a ``FacePhiModel`` (``model.answer``) on ``split``, scored by keyword matching.
 
     ``mode``: ``"generate"`` (this), ``"score"`` (class probabilities, ``model.class_log_likelihoods``
-    with ``score_templates``) or ``"both"``; ``prior``: 8 class priors or a folder for
-    :func:`read_prior`, adds the prior-corrected block (see the module docstring).
+    with ``score_templates``) or ``"both"``; ``prior``: 8 class priors, or ``"uniform"`` (none),
+    ``"train"`` (the train split of the ``LandmarkSet`` ``prior_data``), a JSON file or a valid
+    evaluation folder (:func:`~facephi.eval.results.resolve_prior`): adds the block of the scores
+    with ``prior ** prior_tau`` divided out (see the module docstring).
 
     ``data`` is a ``LandmarkSet`` (normalised with the model encoder's normaliser, ``split`` and
     ``limit`` applied, see ``LandmarkSet.select``) or any dataset of ``{"points", "label",
@@ -247,17 +153,20 @@ def evaluate_model(
         raise FacePhiError(f"score_templates must be 'first' or 'all', got {score_templates!r}")
     if mode != "generate" and not hasattr(model, "class_log_likelihoods"):
         raise FacePhiError(f"mode {mode!r}: {type(model).__name__} has no class_log_likelihoods (class scoring)")
-    if prior is not None and mode == "generate":
+    if prior is not None and str(prior) != "uniform" and mode == "generate":
         raise FacePhiError("a class prior applies to class scoring (mode 'score' or 'both')")
+    if not (np.isfinite(prior_tau) and prior_tau >= 0):
+        raise FacePhiError(f"prior_tau must be a finite number >= 0, got {prior_tau}")
     prior_source: dict[str, Any] | None = None
     if isinstance(prior, (str, Path)):
-        prior, prior_source = read_prior(prior, score_templates)
+        prior, prior_source = resolve_prior(prior, score_templates, prior_data)
     if prior is not None:
         prior = np.asarray(prior, dtype=np.float64)
         if prior.shape != (len(CLASSES),) or not np.isfinite(prior).all() or (prior <= 0).any():
             raise FacePhiError(f"prior: need {len(CLASSES)} finite positive numbers, got {prior.tolist()}")
+        prior_source = prior_source or {"name": "given"}
     encoder = getattr(model, "encoder", None)
-    dataset = _as_dataset(data, split, getattr(encoder, "normalizer", None), limit, seed, limit_policy)
+    dataset, no_face = _as_dataset(data, split, getattr(encoder, "normalizer", None), limit, seed, limit_policy)
     device = module_device(model)
     model.eval()
 
@@ -302,7 +211,8 @@ def evaluate_model(
                 record["scores"] = {name: float(p) for name, p in zip(CLASSES, probs)}
                 record["scored_class"] = CLASSES[scored]
                 if prior is not None:
-                    record["scored_class_prior_corrected"] = CLASSES[int(adjust_by_prior(probs[None], prior)[0].argmax())]
+                    adjusted = adjust_by_prior(probs[None], prior, prior_tau)[0]
+                    record["scored_class_prior_corrected"] = CLASSES[int(adjusted.argmax())]
         return records
 
     recorded = {
@@ -312,11 +222,13 @@ def evaluate_model(
         "instruction": instruction, "seed": seed, "limit": limit, "limit_policy": limit_policy,
         "split_seed": SPLIT_SEED,
         "keyword_rule": "first class named, negated keywords ignored (strict); lenient 'contains' alongside",
+        "model_fingerprint": model_fingerprint(model), **dataset_fingerprint(data),
         **(settings or {}),
     }
-    if mode != "generate":  # generate-only settings stay as before (an older partial run resumes)
+    if mode != "generate":
         recorded.update(mode=mode, score_templates=score_templates,
-                        prior=None if prior is None else prior.tolist(), prior_source=prior_source)
+                        prior=None if prior is None else prior.tolist(), prior_source=prior_source,
+                        prior_tau=None if prior is None else prior_tau)
         if mode == "score":
             for key in ("max_new_tokens", "decoding", "keyword_rule"):
                 recorded.pop(key)
@@ -325,16 +237,27 @@ def evaluate_model(
         extra: dict[str, Any] = {}
         if mode == "generate":
             return extra
-        extra["score"] = _score_block(records)
+        extra["score"] = score_block(records)
+        extra["prior"] = {"name": "uniform"} if prior is None else {
+            **(prior_source or {}), "tau": prior_tau, "values": {c: float(p) for c, p in zip(CLASSES, prior)}}
         if prior is not None:
-            extra["score_prior_corrected"] = _score_block(records, prior)
+            extra["score_prior_corrected"] = score_block(records, prior, prior_tau)
         if mode == "both":
             extra["agreement"] = float(np.mean([r["predicted_index"] == CLASSES.index(r["scored_class"])
                                                 for r in records]))
         return extra
 
+    def scored(records: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+        if mode == "generate":
+            return {}
+        blocks = {"score": scored_probabilities(records).argmax(axis=1)}
+        if prior is not None:
+            blocks["score_prior_corrected"] = scored_probabilities(records, prior, prior_tau).argmax(axis=1)
+        return blocks
+
     title = "FacePhi (class scoring)" if mode == "score" else "FacePhi"
-    return _run(dataset, predict_batch, recorded, batch_size, out_dir, progress, title, summarize)
+    return run_evaluation(dataset, predict_batch, recorded, batch_size, out_dir, progress, title, summarize, no_face, scored,
+                overwrite)
 
 
 def evaluate_encoder(
@@ -349,10 +272,11 @@ def evaluate_encoder(
     out_dir: str | Path | None = None,
     progress: bool = True,
     settings: dict[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> EvalResult:
     """The landmark encoder's own classifier (``class_logits``, argmax) on ``split``: the Table-1
     reference row, with the same metrics and files as :func:`evaluate_model`."""
-    dataset = _as_dataset(data, split, getattr(encoder, "normalizer", None), limit, seed, limit_policy)
+    dataset, no_face = _as_dataset(data, split, getattr(encoder, "normalizer", None), limit, seed, limit_policy)
     device = module_device(encoder)
     encoder.eval()
 
@@ -372,6 +296,7 @@ def evaluate_encoder(
 
     recorded = {"kind": "encoder", "objective": getattr(encoder, "objective", None), "split": split,
                 "n_samples": len(dataset), "batch_size": batch_size, "seed": seed, "limit": limit,
-                "limit_policy": limit_policy,
-                "split_seed": SPLIT_SEED, **(settings or {})}
-    return _run(dataset, predict_batch, recorded, batch_size, out_dir, progress, "Encoder classifier")
+                "limit_policy": limit_policy, "split_seed": SPLIT_SEED,
+                "model_fingerprint": model_fingerprint(encoder), **dataset_fingerprint(data), **(settings or {})}
+    return run_evaluation(dataset, predict_batch, recorded, batch_size, out_dir, progress, "Encoder classifier",
+                no_face=no_face, overwrite=overwrite)

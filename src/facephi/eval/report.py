@@ -52,24 +52,27 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(out)
 
 
-def metrics_markdown(metrics: ClassificationMetrics, title: str = "Evaluation", info: dict[str, Any] | None = None) -> str:
-    """A markdown report: summary, per-class table, confusion matrix (counts), optional run info."""
+def metrics_markdown(metrics: ClassificationMetrics, title: str = "Evaluation", info: dict[str, Any] | None = None,
+                     level: int = 1) -> str:
+    """A markdown report: summary, per-class table, confusion matrix (counts), optional run info;
+    ``level``: the heading level of the title (sections one below)."""
     names = [display_name(n) for n in metrics.class_names]
-    parts = [f"# {title}", "", _table(["Metric", "Value"], [list(r) for r in summary_lines(metrics)]), ""]
+    h = "#" * level
+    parts = [f"{h} {title}", "", _table(["Metric", "Value"], [list(r) for r in summary_lines(metrics)]), ""]
     per_class = [
         [names[k], str(row["support"]), str(row["predicted"]), _percent(row["recall"]),
          _percent(row["precision"]), _percent(row["f1"])]
         for k, row in enumerate(metrics.per_class.values())
     ]
-    parts += ["## Per class", "", _table(["Class", "Support", "Predicted", "Recall", "Precision", "F1"], per_class), ""]
+    parts += [f"{h}# Per class", "", _table(["Class", "Support", "Predicted", "Recall", "Precision", "F1"], per_class), ""]
     confusion = [[names[k], *map(str, row)] for k, row in enumerate(metrics.confusion)]
     parts += [
-        "## Confusion matrix", "",
+        f"{h}# Confusion matrix", "",
         "Rows: true class; columns: predicted class; *none*: no class keyword in the answer.", "",
         _table(["true \\ predicted", *names, "none"], confusion), "",
     ]
     if info:
-        parts += ["## Run", "", _table(["Setting", "Value"], [[k, f"`{v}`"] for k, v in info.items()]), ""]
+        parts += [f"{h}# Run", "", _table(["Setting", "Value"], [[k, f"`{v}`"] for k, v in info.items()]), ""]
     return "\n".join(parts)
 
 
@@ -167,3 +170,33 @@ def scoring_markdown(extra: dict[str, Any]) -> str:
     if "agreement" in extra:
         lines += ["", f"Agreement of the generated class with the scored argmax: {100 * extra['agreement']:.1f} %"]
     return "\n".join(lines) + "\n"
+
+
+def no_face_summary(no_face: dict[str, Any]) -> str:
+    """One line about the photos without a face of an evaluation (``metrics.json``'s ``no_face``)."""
+    reasons = ", ".join(f"{n} × {reason}" for reason, n in no_face["reasons"].items())
+    line = f"{no_face['n']} (extraction: {reasons})"
+    if not no_face["counted"]:
+        return f"{line}: not counted ({no_face['note']})"
+    return f"{line}, counted as wrong answers in the figures of all photos"
+
+
+def whole_set_markdown(extra: dict[str, Any]) -> str:
+    """The section of ``report.md`` about the photos without a face and the figures of all photos
+    (empty when the split had none)."""
+    no_face = extra.get("no_face")
+    if not no_face or not no_face["n"]:
+        return ""
+    parts = ["## Photos without a face", "", "Photos without a face: " + no_face_summary(no_face) + ".", ""]
+    photos = extra.get("all_photos")
+    if photos:
+        metrics = ClassificationMetrics.from_dict({k: v for k, v in photos.items() if k not in SCORE_BLOCKS})
+        parts.append(metrics_markdown(metrics, title="All photos (no face = wrong answer)", level=3))
+        for key in SCORE_BLOCKS:
+            if key in photos:
+                block = ClassificationMetrics.from_dict(photos[key])
+                label = "class scoring" if key == "score" else "class scoring, prior corrected"
+                parts.append(f"All photos, {label}: accuracy {_percent(block.accuracy)}"
+                             f"{interval_text(block.intervals, 'accuracy')}, macro recall "
+                             f"{_percent(block.balanced_accuracy)}{interval_text(block.intervals, 'balanced_accuracy')}\n")
+    return "\n".join(parts) + "\n"

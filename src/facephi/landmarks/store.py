@@ -26,6 +26,9 @@ test part carved from ``train`` never leaks into an encoder's or an LLM's traini
 SUBSET_POLICIES = ("random", "balanced")
 """How :meth:`LandmarkSet.select` keeps ``limit`` samples: a seeded random draw, or class-balanced."""
 REQUIRED_COLUMNS = ("index", "path", "label", "split", "width", "height")
+ALL_SPLITS = "all"
+"""The split name of :meth:`LandmarkSet.select` meaning every sample, whatever its split (a dataset
+used only for evaluation, e.g. a folder of photos of another domain)."""
 
 
 @dataclass
@@ -102,6 +105,12 @@ class LandmarkSet:
         """Sample indices of one split (int64, ascending)."""
         return np.flatnonzero(self.splits == split).astype(np.int64)
 
+    def default_eval_split(self) -> str:
+        """The split an evaluation takes when none is named: ``"all"`` for a dataset whose samples all
+        share one split (a folder of photos without split folders: nothing of it is for training), else
+        ``"test"`` (the dataset's own, or the part carved from ``train``)."""
+        return ALL_SPLITS if len(np.unique(self.splits)) <= 1 else "test"
+
     def standard_splits(self, seed: int = SPLIT_SEED) -> dict[str, np.ndarray]:
         """Train / valid / test indices.
 
@@ -140,7 +149,8 @@ class LandmarkSet:
         """Sorted int64 positions of the labelled samples of ``split``, optionally a subset of ``limit``.
 
         ``train`` / ``valid`` / ``test`` are those of ``standard_splits(SPLIT_SEED)`` (never dependent
-        on the training seed); any other name is the dataset's own split. Unlabelled samples are left
+        on the training seed); ``"all"`` (:data:`ALL_SPLITS`) is every sample; any other name is the
+        dataset's own split. Unlabelled samples are left
         out (logged); ``FacePhiError`` when none is labelled. ``limit`` (``None``: all) keeps, by
         ``policy``: ``"random"``, ``np.sort(np.random.default_rng(seed).choice(labelled, limit,
         replace=False))``; ``"balanced"``, :func:`balanced_subset` (classes as even as the data allow).
@@ -151,6 +161,8 @@ class LandmarkSet:
             raise FacePhiError(f"the sample limit must be positive, got {limit}")
         if split in ("train", "valid", "test"):
             indices = np.asarray(self.standard_splits(SPLIT_SEED)[split], dtype=np.int64)
+        elif split == ALL_SPLITS:
+            indices = np.arange(len(self), dtype=np.int64)
         else:
             indices = self.indices(split)
         labelled = indices[self.labels[indices] >= 0]

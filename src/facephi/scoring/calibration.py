@@ -9,7 +9,8 @@ Inputs are probabilities ``[N, K]`` (rows sum to 1) and true class indices ``[N]
 * ``negative_log_likelihood``: mean of ``-log p(true class)``, the probability clipped at
   ``eps = 1e-12`` (so one confidently wrong sample costs at most about 27.6 nats).
 * ``estimate_prior``: the mean predicted probability per class (the prior of logit adjustment).
-* ``adjust_by_prior``: ``p_k / prior_k`` renormalised, i.e. the softmax of ``log p - log prior``.
+* ``adjust_by_prior``: ``p_k / prior_k ** tau`` renormalised, i.e. the softmax of ``log p - tau · log
+  prior`` (logit adjustment, Menon et al. 2021; ``tau = 1`` divides the prior out entirely).
 """
 
 from __future__ import annotations
@@ -93,11 +94,13 @@ def estimate_prior(probabilities: Any) -> np.ndarray:
     return probs.mean(axis=0)
 
 
-def adjust_by_prior(probabilities: Any, prior: Sequence[float] | np.ndarray) -> np.ndarray:
-    """Logit adjustment: ``softmax(log p - log prior)`` = ``p / prior`` renormalised per row."""
+def adjust_by_prior(probabilities: Any, prior: Sequence[float] | np.ndarray, tau: float = 1.0) -> np.ndarray:
+    """Logit adjustment: ``softmax(log p - tau * log prior)`` = ``p / prior ** tau`` renormalised per row."""
     probs, _ = _checked(probabilities)
     prior = np.asarray(prior, dtype=np.float64)
     if prior.shape != (probs.shape[1],) or not np.isfinite(prior).all() or (prior <= 0).any():
         raise ValueError(f"prior must be {probs.shape[1]} finite positive numbers, got {prior.tolist()}")
-    adjusted = probs / prior
+    if not (np.isfinite(tau) and tau >= 0):
+        raise ValueError(f"tau must be a finite number >= 0, got {tau}")
+    adjusted = probs / prior ** tau
     return adjusted / adjusted.sum(axis=1, keepdims=True)

@@ -200,3 +200,25 @@ def compute_metrics(
         accuracy_contains=rate(contains_correct, "contains_correct"),
         intervals=bootstrap_intervals(truth, pred, num_classes, bootstrap) if bootstrap else None,
     )
+
+
+OVERANSWER_RATIO = 1.5
+"""A class answered for more than this many times its share of the samples is over-answered ..."""
+SMALL_SHARE, SMALL_SHARE_CAP = 0.03, 0.05
+"""... and a class whose share is below ``SMALL_SHARE`` when answered for more than ``SMALL_SHARE_CAP``
+of the samples (issue 20's criterion on web-dev)."""
+
+
+def answer_shares(metrics: ClassificationMetrics, ratio: float = OVERANSWER_RATIO, small_share: float = SMALL_SHARE,
+                  small_cap: float = SMALL_SHARE_CAP) -> dict[str, dict[str, Any]]:
+    """How often each class is answered against its share of the samples: per class ``share``
+    (support / n), ``answered`` (predictions naming it / n; an answer naming no class names none),
+    ``limit`` (``ratio * share``, or ``small_cap`` where the share is below ``small_share``) and
+    ``within`` (``answered <= limit``)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, row in metrics.per_class.items():
+        share, answered = row["support"] / metrics.n, row["predicted"] / metrics.n
+        limit = small_cap if share < small_share else ratio * share
+        out[name] = {"share": share, "answered": answered, "count": row["predicted"], "support": row["support"],
+                     "limit": limit, "within": answered <= limit}
+    return out
