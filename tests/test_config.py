@@ -144,7 +144,7 @@ def test_registry_names_are_defined_once_in_presets():
     from facephi import presets
 
     root = Path(facephi.__file__).parent
-    for name in ("ENCODERS", "OBJECTIVES", "POINTMLP_PRESETS", "STAGE_PRESETS", "_PRESETS", "PRESETS",
+    for name in ("ENCODERS", "OBJECTIVES", "POINTMLP_PRESETS", "STAGE_PRESETS", "_PRESETS", "PRESETS", "NUM_LANDMARKS",
                  "LEGACY_KEYS"):
         pattern = re.compile(rf"^\s*{name}\s*(:[^=]+)?=", re.MULTILINE)
         where = [str(p.relative_to(root)) for p in root.rglob("*.py") if pattern.search(p.read_text())]

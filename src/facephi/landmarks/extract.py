@@ -41,7 +41,8 @@ import numpy as np
 from facephi.config import Config, setting
 from facephi.landmarks.images import ImageError, crop_box, load_image
 from facephi.landmarks.manifest import assemble_output
-from facephi.landmarks.mesh import NUM_LANDMARKS, FaceMesher, MeshError
+from facephi.landmarks.mesh import FaceMesher, MeshError
+from facephi.presets import NUM_LANDMARKS
 from facephi.landmarks.readers import FORMATS, SampleRecord, read_source
 from facephi.utils.errors import FacePhiError
 from facephi.utils.io import read_json, save_npy, write_json

@@ -17,8 +17,7 @@ from typing import Iterator
 
 import numpy as np
 
-NUM_LANDMARKS = 478
-"""Points per face with ``refine_landmarks=True`` (468 mesh points + 10 iris points)."""
+from facephi.presets import NUM_LANDMARKS
 
 _WARNED = False  # MediaPipe printed its once-per-process NORM_RECT warning (into the silenced stderr)
 

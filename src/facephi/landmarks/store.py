@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from facephi.labels import CLASS_TO_INDEX, CLASSES
-from facephi.landmarks.mesh import NUM_LANDMARKS
+from facephi.presets import NUM_LANDMARKS
 from facephi.landmarks.validate import REASONS, problem_codes
 from facephi.utils.errors import FacePhiError
 

@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 from fastapi import Request
 
+from facephi.presets import NUM_LANDMARKS
 from facephi.serve.config import check_image_size
 from facephi.utils.errors import FacePhiError
 
-NUM_LANDMARKS = 478
 MAX_FACES_PER_REQUEST = 64
 """Faces one JSON request may hold."""
 MAX_FORM_PARTS = 16

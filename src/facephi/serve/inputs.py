@@ -36,12 +36,11 @@ import numpy as np
 
 from facephi.labels import CLASSES
 from facephi.landmarks.validate import face_problem, face_problems
+from facephi.presets import NUM_LANDMARKS
 from facephi.utils.errors import EMPTY_PATH, FacePhiError
 from facephi.utils.io import read_npy_header
 
 logger = logging.getLogger(__name__)
-
-NUM_LANDMARKS = 478
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 """Files taken from a folder of images (lower-case suffixes)."""
