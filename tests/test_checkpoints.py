@@ -208,11 +208,9 @@ def test_the_kind_is_read_from_config_type_never_guessed_from_fields(copy):
 
 
 def test_the_shipped_model_and_its_encoder_still_check_and_load():
-    from pathlib import Path
-
+    from facephi.model.defaults import SHIPPED_MODEL as shipped
     from facephi.model.encoder import LandmarkEncoder
 
-    shipped = Path(__file__).resolve().parents[1] / "models" / "facephi-smollm2-ferplus"
     assert check_model_dir(shipped) == FACEPHI
     assert check_model_dir(shipped / "encoder", "--encoder") == ENCODER
     encoder = LandmarkEncoder.from_pretrained(shipped / "encoder")

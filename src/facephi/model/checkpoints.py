@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from facephi.utils.errors import FacePhiError
+from facephi.utils.io import check_safetensors
 
 ENCODER = "encoder"
 FACEPHI = "facephi"
@@ -63,21 +64,6 @@ def read_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise FacePhiError(f"{path}: expected a JSON object, got {type(data).__name__}")
     return data
-
-
-def check_safetensors(path: str | os.PathLike[str]) -> None:
-    """FacePhiError unless ``path`` is a safetensors file whose header reads (no tensor is loaded)."""
-    from safetensors import SafetensorError, safe_open
-
-    path = Path(path)
-    if not path.is_file():
-        raise FacePhiError(f"{path}: missing")
-    try:
-        with safe_open(str(path), framework="numpy"):
-            pass
-    except (SafetensorError, OSError, ValueError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise FacePhiError(f"{path}: unreadable safetensors file ({reason})") from None
 
 
 def _config_kind(config: dict[str, Any]) -> str | None:

@@ -120,7 +120,7 @@ def language_model_problem(name_or_path: str, gguf_file: str | None = None) -> s
     Hugging Face cache. The answer is a clause to follow the name ("does not exist (moved?)");
     an unreadable weight file raises ``FacePhiError`` naming the file.
     """
-    from facephi.model.checkpoints import check_safetensors
+    from facephi.utils.io import check_safetensors
 
     if name_or_path in EMBEDDED_MODELS:
         try:

@@ -185,3 +185,20 @@ def file_digest(*paths: str | os.PathLike[str]) -> str:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
+
+
+def check_safetensors(path: str | os.PathLike[str]) -> None:
+    """FacePhiError unless ``path`` is a safetensors file whose header reads (no tensor is loaded)."""
+    from safetensors import SafetensorError, safe_open
+
+    from facephi.utils.errors import FacePhiError
+
+    path = Path(path)
+    if not path.is_file():
+        raise FacePhiError(f"{path}: missing")
+    try:
+        with safe_open(str(path), framework="numpy"):
+            pass
+    except (SafetensorError, OSError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FacePhiError(f"{path}: unreadable safetensors file ({reason})") from None
