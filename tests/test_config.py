@@ -149,4 +149,5 @@ def test_registry_names_are_defined_once_in_presets():
         pattern = re.compile(rf"^\s*{name}\s*(:[^=]+)?=", re.MULTILINE)
         where = [str(p.relative_to(root)) for p in root.rglob("*.py") if pattern.search(p.read_text())]
         assert where == (["presets.py"] if hasattr(presets, name) else []), (name, where)
-    assert presets.ENCODERS == tuple(presets.POINTMLP_PRESETS) and presets.NUM_LANDMARKS == 478
+    assert presets.ENCODERS == tuple(presets.POINTMLP_PRESETS) + tuple(presets.LANDMARK_MLP_PRESETS)
+    assert presets.NUM_LANDMARKS == 478
