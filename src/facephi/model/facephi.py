@@ -286,13 +286,15 @@ class FacePhiModel(nn.Module):
         """Eval mode and inference mode for answering and scoring; afterwards each module's own mode
         back (a frozen LLM left in eval mode during training stays so)."""
         modes = [(module, module.training) for module in self.modules()]
-        self.eval()
+        training = [module for module, mode in modes if mode]
+        for module in training:
+            module.training = False
         try:
             with torch.inference_mode():
                 yield
         finally:
-            for module, training in modes:
-                module.training = training
+            for module in training:
+                module.training = True
 
     def _suppressed(self) -> list[int]:
         """Tokens never generated: the landmark placeholder and the pad token (unless it is [EOS])."""
