@@ -166,3 +166,23 @@ def test_a_lora_adapter_is_merged_into_a_copy_for_answering_and_kept_for_trainin
     with torch.no_grad():  # the adapter changed: a new merged copy
         next(p for n, p in model.llm.named_parameters() if "lora_B" in n).add_(0.5)
     assert model.answering_prefix() is not merged
+
+
+def test_int8_answers_through_a_quantised_copy_with_exact_drafting():
+    model = model_of("llama", 1).requires_grad_(False)
+    points = faces()
+    float32 = model.class_probabilities(points, ASKED)
+    assert model.set_precision("int8") == "int8"
+    prefix = model.answering_prefix()
+    linear = [type(m).__module__ for m in prefix.llm.modules() if type(m).__name__ == "Linear"]
+    assert len(linear) == 15 and all(name.startswith("torch.ao.nn.quantized.dynamic") for name in linear)  # + head
+    assert all(p.dtype == torch.float32 for p in model.llm.parameters())  # the model's own LLM stays float32
+    int8 = model.class_probabilities(points, ASKED)
+    assert not torch.equal(int8, float32) and float((int8 - float32).abs().max()) < 0.05
+    tokens = greedy_tokens(model, points, ASKED)  # int8 greedy, one token per pass
+    reference = [text.strip() for text in model.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
+    model.decoder().trie = AnswerTrie([(seq, b) for b, seq in enumerate(tokens)], len(CLASSES))
+    answers, probabilities = model.answer_and_probabilities(points, ASKED, NEW_TOKENS)
+    assert answers == reference and model.decoder().passes < NEW_TOKENS // 2
+    torch.testing.assert_close(probabilities, int8, rtol=0, atol=1e-5)
+    assert model.set_precision("float32") == "float32" and model.answering_prefix() is model.prefix

@@ -43,6 +43,7 @@ from facephi.model.lm_loss import (PASS_OVERHEAD_TOKENS, length_groups, require_
 from facephi.model.lora import DEFAULT_LORA, has_lora, inject_lora, lora_state_dict, merged_copy
 from facephi.model.prefix import SharedPrefix, position_ids
 from facephi.model.projector import Projector
+from facephi.model.quantize import quantize_int8
 from facephi.model.saving import load_parts, save_model
 from facephi.utils.errors import FacePhiError
 
@@ -72,7 +73,9 @@ class FacePhiModel(nn.Module):
         self.formatter = PromptFormatter(tokenizer, config.max_length, config.projector.tokens)
         self.prefix = SharedPrefix(llm, self.formatter, config)
         self.scorer = ClassScorer(self.formatter, self.embed)
-        self._merged: tuple[Any, SharedPrefix] | None = None  # (key, prefix of the LoRA-merged copy)
+        self.int8 = False
+        """Answer through an int8 copy of the LLM (``set_precision("int8")``)."""
+        self._answering_copy: tuple[Any, SharedPrefix] | None = None  # (key, prefix of answering_prefix's copy)
         self._decoder: TemplateDecoder | None = None
 
     @classmethod
@@ -116,7 +119,7 @@ class FacePhiModel(nn.Module):
         if train_encoder and stage != 2:
             raise FacePhiError("set_trainable: train_encoder applies to stage 2 only")
         self.prefix.clear()
-        self._merged = None
+        self._answering_copy = None
         self.requires_grad_(False)
         self.projector.requires_grad_(True)
         self.encoder.requires_grad_(train_encoder)
@@ -136,17 +139,20 @@ class FacePhiModel(nn.Module):
             self.config.llm_weights = "full"
 
     def set_precision(self, precision: str) -> str:
-        """Compute the LLM and projector in ``precision`` (``auto``, ``float32``, ``bfloat16``; see
-        :mod:`facephi.model.precision`) on their current device, for answering; the encoder stays
-        float32. Returns the precision used. Training and ``save_pretrained`` expect float32."""
+        """Answer in ``precision`` (``auto``, ``float32``, ``bfloat16``, ``int8``; see
+        :mod:`facephi.model.precision`) on the current device: the LLM and projector in that type,
+        or for ``int8`` (CPU) a copy of the LLM with int8 linear layers that answers and scores on
+        the fast path. The encoder stays float32. Returns the precision used. Training and
+        ``save_pretrained`` expect float32."""
         from facephi.model.precision import resolve_precision
 
         resolved = resolve_precision(precision, self.projector.net[0].weight.device)
-        dtype = getattr(torch, resolved)
+        dtype = torch.float32 if resolved == "int8" else getattr(torch, resolved)
         self.llm.to(dtype)
         self.projector.to(dtype)
+        self.int8 = resolved == "int8"
         self.prefix.clear()
-        self._merged = None
+        self._answering_copy = None
         return resolved
 
     @property
@@ -161,17 +167,21 @@ class FacePhiModel(nn.Module):
         return lora_state_dict(self.llm)
 
     def answering_prefix(self) -> SharedPrefix:
-        """The shared prefix (and through it the LLM) that answers and scores: with a frozen LoRA
-        adapter and ``fast_path``, that of a copy with the adapter merged (made on first use, again
-        when the LLM's weights, dtype or device change); otherwise ``prefix`` (the LLM itself)."""
+        """The shared prefix (and through it the LLM) that answers and scores. With ``fast_path``, a
+        frozen LLM and a LoRA adapter or ``int8``: that of a copy, the adapter merged and the linear
+        layers int8 (made on first use, again when the LLM's weights, dtype or device change);
+        otherwise ``prefix`` (the LLM itself)."""
         params = list(self.llm.parameters())
-        if not (self.fast_path and self.has_lora) or any(param.requires_grad for param in params):
+        if not (self.fast_path and (self.int8 or self.has_lora)) or any(param.requires_grad for param in params):
             return self.prefix
-        key = tuple((id(param), param.data_ptr(), param._version, param.dtype, param.device) for param in params)
-        if self._merged is None or self._merged[0] != key:
-            self._merged = None  # the old copy's memory first
-            self._merged = (key, SharedPrefix(merged_copy(self.llm), self.formatter, self.config))
-        return self._merged[1]
+        key = (self.int8, *((id(param), param.data_ptr(), param._version, param.dtype, param.device)
+                            for param in params))
+        if self._answering_copy is None or self._answering_copy[0] != key:
+            self._answering_copy = None  # the old copy's memory first
+            llm = merged_copy(self.llm)
+            self._answering_copy = (key, SharedPrefix(quantize_int8(llm) if self.int8 else llm,
+                                                      self.formatter, self.config))
+        return self._answering_copy[1]
 
     # ------------------------------------------------------------------ forward
     def embed(self, input_ids: torch.Tensor, points: torch.Tensor) -> torch.Tensor:

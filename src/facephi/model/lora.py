@@ -29,7 +29,8 @@ def lora_state_dict(llm: Any) -> dict[str, torch.Tensor]:
 
 def merged_copy(llm: Any) -> Any:
     """A copy of ``llm`` with each LoRA layer merged into its base weights (``W + scale * B A``) and
-    replaced by the base layer: the same function with one matrix product per layer."""
+    replaced by the base layer: the same function with one matrix product per layer (an LLM
+    without LoRA: a plain copy)."""
     from peft.tuners.lora import LoraLayer
 
     merged = copy.deepcopy(llm)
