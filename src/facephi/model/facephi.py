@@ -1,26 +1,17 @@
 """FacePhi: landmark encoder -> projector -> one token embedding inside a causal LM (figure 1).
 
-The projected landmark feature replaces the embedding of the ``<landmark>`` placeholder (one per
-sequence); the LLM runs from ``inputs_embeds`` only, so any ``AutoModelForCausalLM`` works. The
-training loss is the NLL of the answer tokens and [EOS] (eqs. 2-3, mean over label tokens); by
-default the LM head is applied only at those positions (hidden states from ``llm.base_model``,
-logits from ``llm.get_output_embeddings()``), which gives the same loss as the full-vocabulary
-head at a fraction of its cost. Set ``FacePhiConfig.answer_only_head = False`` for models whose
-forward post-processes the logits (e.g. logit soft-capping).
-
+The projected landmark feature replaces the embedding of the ``<landmark>`` placeholder; the LLM
+runs from ``inputs_embeds`` only, so any ``AutoModelForCausalLM`` works. The training loss is the
+NLL of the answer tokens and [EOS] (eqs. 2-3), the LM head applied only at those positions (set
+``FacePhiConfig.answer_only_head = False`` for models whose forward post-processes the logits).
 Saved layout: ``model/saving.py``.
 
-The model holds its parts (``model/prefix.py``, ``model/class_scoring.py``, ``model/decoding.py``):
-``prefix`` (:class:`SharedPrefix`: the prompt prefix every row shares, run once, its key/value cache
-reused), ``scorer`` (:class:`ClassScorer`: likelihoods of the 8 class answers) and a
-:class:`TemplateDecoder` (greedy answers from few LLM passes, drafts from the trained answers).
-
-Fast path (``FacePhiModel.fast_path``, on by default; ``TrainConfig.fast_path`` in training): the
-same losses, gradients, scores and answers with less work: the shared prefix runs once; training
-rows skip their last token and, on CPU, run in groups of similar length; class scoring runs each
-face's prompt and the class answers as one token tree in a single pass, which is also the first
-pass of answering; answers are verified against drafts from the trained answers; a LoRA adapter is
-merged into a copy of the LLM for answering (training keeps the adapter).
+The model holds its parts: ``prefix`` (``model/prefix.py``: the prompt prefix every row shares,
+run once, its key/value cache reused), ``scorer`` (``model/class_scoring.py``: likelihoods of the
+8 class answers) and ``decoder()`` (``model/decoding.py``: greedy answers in few LLM passes,
+drafted from the trained answers). ``fast_path`` (default True; ``TrainConfig.fast_path``): the
+same losses, gradients, scores and answers with less work; a LoRA adapter is merged into a copy
+of the LLM for answering (training keeps the adapter).
 """
 
 from __future__ import annotations
@@ -36,6 +27,7 @@ from torch import nn
 from facephi.data.instruction import IGNORE_INDEX, PromptFormatter, prepare_tokenizer
 from facephi.model.class_scoring import ClassScorer, class_probabilities, reduce_templates
 from facephi.model.decoding import AnswerTrie, TemplateDecoder, plain_greedy
+from facephi.model.embeddings import resize_embeddings
 from facephi.model.facephi_config import CONFIG_TYPE, FacePhiConfig, FacePhiOutput, encoder_config
 from facephi.model.llm import load_language_model
 from facephi.model.lm_loss import (PASS_OVERHEAD_TOKENS, length_groups, require_label_tokens, token_nll_sum,
@@ -53,17 +45,15 @@ class FacePhiModel(nn.Module):
     """Encoder (always frozen) + projector + causal LM, sharing one prepared tokenizer."""
 
     fast_path: bool = True
-    """Same results, less work (``forward`` with labels, class scoring): the shared prefix before
-    ``<landmark>`` runs once and every row continues from its key/value cache (see
-    ``_split_prefix``), and a last token that predicts nothing is not run. False: every row in full
-    (the plain computation, for comparison). Set per model (``TrainConfig.fast_path`` in training)."""
+    """Same results, less work (loss, class scoring, answers; see the module docstring). False: the
+    plain computations, for comparison. Set per model (``TrainConfig.fast_path`` in training)."""
 
     def __init__(self, config: FacePhiConfig, encoder: nn.Module, llm: Any, tokenizer: Any) -> None:
         super().__init__()
         self.config = config
         self.tokenizer = tokenizer
         prepare_tokenizer(tokenizer)
-        self._resize_embeddings(llm, len(tokenizer))
+        resize_embeddings(llm, len(tokenizer))
         self.landmark_id: int = tokenizer.convert_tokens_to_ids(config.landmark_token)
         config.projector.output_dim = llm.get_input_embeddings().embedding_dim
         config.encoder = config.encoder or encoder_config(encoder)
@@ -84,23 +74,6 @@ class FacePhiModel(nn.Module):
         config = config or FacePhiConfig()
         llm, tokenizer = load_language_model(config.llm, config.gguf_file, dtype=config.torch_dtype)
         return cls(config, encoder, llm, tokenizer)
-
-    @staticmethod
-    def _resize_embeddings(llm: Any, vocab_size: int) -> None:
-        """Grow the embeddings to ``vocab_size``; new rows = mean of the old rows (deterministic)."""
-        old = llm.get_input_embeddings().num_embeddings
-        if vocab_size <= old:
-            return
-        llm.resize_token_embeddings(vocab_size, mean_resizing=False)
-        with torch.no_grad():
-            weights = [llm.get_input_embeddings().weight]
-            head = llm.get_output_embeddings()
-            if head is not None and head.weight is not weights[0]:
-                weights.append(head.weight)
-                if getattr(head, "bias", None) is not None:
-                    head.bias[old:] = head.bias[:old].mean()
-            for weight in weights:
-                weight[old:] = weight[:old].mean(dim=0)
 
     # ------------------------------------------------------------------ training state
     def train(self, mode: bool = True) -> "FacePhiModel":
@@ -210,7 +183,7 @@ class FacePhiModel(nn.Module):
         the loss is ``sum(w_b * nll_bt) / sum(w_b * 1)`` over the label tokens (equal weights: the
         plain mean); training uses it for class weights (``TrainConfig.class_weights``).
 
-        With ``fast_path`` and a batch in the training layout (``_split_prefix``) the loss comes from
+        With ``fast_path`` and a batch in the training layout (``SharedPrefix.split``) the loss comes from
         ``_suffix_loss``: the same value and gradients, without running the shared prefix per row.
         """
         if weights is not None and (labels is None or weights.shape != labels.shape[:1]):
@@ -258,7 +231,7 @@ class FacePhiModel(nn.Module):
 
     def _suffix_loss(self, ids: torch.Tensor, real: torch.Tensor, labels: torch.Tensor,
                      points: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-        """``forward``'s loss from ``_split_prefix``'s rows (row-weighted by ``weights``).
+        """``forward``'s loss from ``SharedPrefix.split``'s rows (row-weighted by ``weights``).
 
         Their last column (each row's last token, [EOS] in training) predicts nothing and is not run.
         On CPU, with a frozen LLM or one whose trainable weights are few (LoRA), the rows run in
@@ -293,10 +266,8 @@ class FacePhiModel(nn.Module):
 
     @contextmanager
     def _answering(self) -> Iterator[None]:
-        """Eval mode and inference mode for answering and scoring; afterwards each module's own mode
-        back (a frozen LLM left in eval mode during training stays so)."""
-        modes = [(module, module.training) for module in self.modules()]
-        training = [module for module, mode in modes if mode]
+        """Eval and inference mode for answering and scoring, then each module's own mode back."""
+        training = [module for module in self.modules() if module.training]
         for module in training:
             module.training = False
         try:
@@ -375,19 +346,13 @@ class FacePhiModel(nn.Module):
     # ------------------------------------------------------------------ class scoring
     def class_log_likelihoods(self, points: torch.Tensor, instructions: list[str],
                               templates: str = "first") -> torch.Tensor:
-        """Log-likelihood ``[B, 8]`` (classes in ``CLASSES`` order) of each class answer to each prompt.
-
-        The prompt of face ``b`` is ``encode_prompt(instructions[b])``; the answer of class ``k`` is
-        ``ANSWER_TEMPLATES[t]`` filled with the class's display name, tokenised exactly as
-        ``encode_train`` puts it after the prompt (word separator, answer, [EOS]). Its score is the
-        total log-probability of those tokens given the prompt and the landmark (the sum, not a
-        per-token mean: the log-probability of the whole sequence). ``templates="first"`` scores
-        ``ANSWER_TEMPLATES[0]``; ``"all"`` gives ``log(mean_t p(answer_t(k)))`` over the 10
-        templates. With ``fast_path`` one token-tree pass per group of faces
-        (``ClassScorer.tree_scores``), else the plain reference (``ClassScorer.plain_scores``).
-        Eval mode, ``torch.inference_mode``; inputs are moved to the model's device; a prompt cut
-        from the left by ``max_length`` is scored as cut.
-        """
+        """Log-likelihood ``[B, 8]`` (classes in ``CLASSES`` order) of each class answer to each prompt:
+        the summed log-probability of the class's answer tokens (``ANSWER_TEMPLATES[t]`` with its
+        display name, tokenised as ``encode_train`` puts it after the prompt, [EOS] last) given
+        ``encode_prompt(instructions[b])`` and the landmarks. ``templates="first"``: template 0;
+        ``"all"``: ``log(mean_t p(answer_t(k)))`` over the 10 templates. With ``fast_path`` one
+        token-tree pass per group of faces (``ClassScorer.tree_scores``), else the plain reference
+        (``ClassScorer.plain_scores``). Eval and inference mode; inputs moved to the model's device."""
         if len(instructions) != len(points):
             raise FacePhiError(f"class_log_likelihoods: {len(instructions)} instructions for {len(points)} landmark sets")
         points = torch.as_tensor(points).to(self.projector.net[0].weight.device)
