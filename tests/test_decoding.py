@@ -154,6 +154,8 @@ def test_a_lora_adapter_is_merged_into_a_copy_for_answering_and_kept_for_trainin
     model.requires_grad_(False)
     adapter = model.lora_state_dict()
     points = faces()
+    with torch.inference_mode():  # made on first use, here inside inference mode (as in Predictor)
+        model.answer(points, ASKED, 2)
     merged = model.answering_prefix()
     assert merged is not model.prefix and not any("lora_" in n for n, _ in merged.llm.named_parameters())
     assert model.answering_prefix() is merged  # made once
@@ -173,6 +175,8 @@ def test_int8_answers_through_a_quantised_copy_with_exact_drafting():
     points = faces()
     float32 = model.class_probabilities(points, ASKED)
     assert model.set_precision("int8") == "int8"
+    with torch.inference_mode():  # the copy is made on first use, here inside inference mode (as in Predictor)
+        model.answer_and_probabilities(points, ASKED, 2)
     prefix = model.answering_prefix()
     linear = [type(m).__module__ for m in prefix.llm.modules() if type(m).__name__ == "Linear"]
     assert len(linear) == 15 and all(name.startswith("torch.ao.nn.quantized.dynamic") for name in linear)  # + head

@@ -33,7 +33,7 @@ from facephi.model.llm import load_language_model
 from facephi.model.lm_loss import (PASS_OVERHEAD_TOKENS, length_groups, require_label_tokens, token_nll_sum,
                                    weighted_mean)
 from facephi.model.lora import DEFAULT_LORA, has_lora, inject_lora, lora_state_dict, merged_copy
-from facephi.model.prefix import SharedPrefix, position_ids
+from facephi.model.prefix import SharedPrefix, position_ids, weights_key
 from facephi.model.projector import Projector
 from facephi.model.quantize import quantize_int8
 from facephi.model.saving import load_parts, save_model
@@ -147,13 +147,13 @@ class FacePhiModel(nn.Module):
         params = list(self.llm.parameters())
         if not (self.fast_path and (self.int8 or self.has_lora)) or any(param.requires_grad for param in params):
             return self.prefix
-        key = (self.int8, *((id(param), param.data_ptr(), param._version, param.dtype, param.device)
-                            for param in params))
+        key = (self.int8, weights_key(params))
         if self._answering_copy is None or self._answering_copy[0] != key:
             self._answering_copy = None  # the old copy's memory first
-            llm = merged_copy(self.llm)
-            self._answering_copy = (key, SharedPrefix(quantize_int8(llm) if self.int8 else llm,
-                                                      self.formatter, self.config))
+            with torch.inference_mode(False):  # ordinary tensors, even when asked inside inference mode
+                llm = merged_copy(self.llm)
+                llm = quantize_int8(llm) if self.int8 else llm
+            self._answering_copy = (key, SharedPrefix(llm, self.formatter, self.config))
         return self._answering_copy[1]
 
     # ------------------------------------------------------------------ forward

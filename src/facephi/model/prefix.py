@@ -25,6 +25,13 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
 
 
+def weights_key(params: list[torch.Tensor]) -> tuple:
+    """What identifies the current values of ``params``: identity, storage, dtype, device and in-place
+    version of each (an inference tensor, which has no version, counts as unchanged)."""
+    return tuple((id(param), param.data_ptr(), param.dtype, param.device,
+                  0 if param.is_inference() else param._version) for param in params)
+
+
 class SharedPrefix:
     """The shared prefix of ``formatter`` run through ``llm``; ``config.answer_only_head`` (read at
     each call) says whether passes return hidden states (the LM head applied where needed) or logits."""
@@ -133,7 +140,7 @@ class SharedPrefix:
         key = (str(device), autocast, torch.get_autocast_dtype(device.type) if autocast else None,
                torch.is_inference_mode_enabled(), tuple(self.ids), self.config.answer_only_head,
                tuple(module.training for module in self.llm.modules()),
-               tuple((id(param), param.data_ptr(), param._version) for param in params))
+               weights_key(params))
         if self.state is None or self.state[0] != key:
             with torch.no_grad():
                 self.state = (key, self.run(device))
