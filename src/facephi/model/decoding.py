@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from facephi.model.class_scoring import ClassScorer, ScoreTree
+from facephi.model.class_scoring import ClassScorer, ScoreTree, read_columns
 from facephi.model.prefix import SharedPrefix
 from facephi.model.tree import TokenTree, pack
 
@@ -144,8 +144,9 @@ class TemplateDecoder:
             states, cache = prefix.run_tree(prefix.llm.get_input_embeddings()(ids), positions, sees, past, cache)
             self.passes += 1
             cells = [(i, c) for i, tree in enumerate(trees) for c in range(len(tree))]
-            _, greedy = ClassScorer.tree_totals(prefix, ScoreTree([TokenTree()] * len(trees), [], []), states, 0,
-                                                cells, self.suppressed)
+            none = torch.zeros(0, dtype=torch.long, device=device)
+            _, tokens = read_columns(prefix, states, torch.tensor(cells, device=device), none, none, self.suppressed)
+            greedy = dict(zip(cells, tokens.tolist()))
             visible = torch.zeros_like(real)
             for i, (b, tree) in enumerate(zip(active, trees)):
                 visible[i, 0] = True
