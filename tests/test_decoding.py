@@ -49,6 +49,15 @@ def greedy_tokens(model, points, instructions, new_tokens=NEW_TOKENS) -> list[li
     return tokens
 
 
+def greedy_trie(model, points, wrong_turns: bool = False) -> list[list[int]]:
+    """Make the decoder's trie hold the greedy answers (with ``wrong_turns``: each also with its 4th
+    token changed, so drafts are accepted in part); returns the greedy tokens."""
+    tokens = greedy_tokens(model, points, ASKED)
+    wrong = [seq[:3] + [seq[3] + 1] + seq[4:] for seq in tokens] if wrong_turns else []
+    model.decoder().trie = AnswerTrie([(seq, b % len(CLASSES)) for b, seq in enumerate(tokens + wrong)], len(CLASSES))
+    return tokens
+
+
 @pytest.mark.parametrize("k", [1, 4])
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 def test_answers_equal_generate_token_by_token_and_with_accepted_drafts(architecture, k):
@@ -56,11 +65,8 @@ def test_answers_equal_generate_token_by_token_and_with_accepted_drafts(architec
     points = faces()
     reference = plain_answers(model, points, ASKED)
     assert model.answer(points, ASKED, NEW_TOKENS) == reference  # off the trained answers: token by token
-    tokens = greedy_tokens(model, points, ASKED)
+    tokens = greedy_trie(model, points, wrong_turns=True)  # drafts accepted in whole or in part
     assert [text.strip() for text in model.tokenizer.batch_decode(tokens, skip_special_tokens=True)] == reference
-    # a trie holding the greedy answers (and wrong turns beside them): drafts accepted in whole or in part
-    wrong = [seq[:3] + [seq[3] + 1] + seq[4:] for seq in tokens]
-    model.decoder().trie = AnswerTrie([(seq, b % len(CLASSES)) for b, seq in enumerate(tokens + wrong)], len(CLASSES))
     assert model.answer(points, ASKED, NEW_TOKENS) == reference
     assert model.decoder().passes < NEW_TOKENS // 2  # verified in few passes
     for row in range(3):  # one face alone answers as in the batch
@@ -74,8 +80,7 @@ def test_answers_equal_generate_token_by_token_and_with_accepted_drafts(architec
 def test_answer_and_probabilities_share_one_pass_and_equal_the_plain_paths(architecture, k):
     model = model_of(architecture, k)
     points = faces()
-    tokens = greedy_tokens(model, points, ASKED)
-    model.decoder().trie = AnswerTrie([(seq, b) for b, seq in enumerate(tokens)], len(CLASSES))
+    greedy_trie(model, points)
     answers, probabilities = model.answer_and_probabilities(points, ASKED, NEW_TOKENS)
     passes = model.decoder().passes
     model.fast_path = False
@@ -183,9 +188,8 @@ def test_int8_answers_through_a_quantised_copy_with_exact_drafting():
     assert all(p.dtype == torch.float32 for p in model.llm.parameters())  # the model's own LLM stays float32
     int8 = model.class_probabilities(points, ASKED)
     assert not torch.equal(int8, float32) and float((int8 - float32).abs().max()) < 0.05
-    tokens = greedy_tokens(model, points, ASKED)  # int8 greedy, one token per pass
+    tokens = greedy_trie(model, points)  # int8 greedy, one token per pass
     reference = [text.strip() for text in model.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
-    model.decoder().trie = AnswerTrie([(seq, b) for b, seq in enumerate(tokens)], len(CLASSES))
     answers, probabilities = model.answer_and_probabilities(points, ASKED, NEW_TOKENS)
     assert answers == reference and model.decoder().passes < NEW_TOKENS // 2
     torch.testing.assert_close(probabilities, int8, rtol=0, atol=1e-5)
