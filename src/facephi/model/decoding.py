@@ -26,7 +26,12 @@ from facephi.model.prefix import SharedPrefix
 from facephi.model.tree import TokenTree, pack
 
 DRAFT_TOKENS = 32
-"""Drafted tokens per face and LLM pass (after the first): how much of the trie one pass verifies."""
+"""Drafted tokens per LLM pass (after the first) for one face; a batch of B faces drafts
+``max(DRAFT_MIN, DRAFT_TOKENS // B)`` each: one face's pass costs its weight reads, so a few dozen
+more tokens are nearly free, while a batch's pass costs arithmetic for every token."""
+
+DRAFT_MIN = 4
+"""Drafted tokens per face and pass, at least."""
 
 
 class AnswerTrie:
@@ -108,8 +113,9 @@ class TemplateDecoder:
         rows = [Row(start=len(ids)) for ids in prompts]
         layout = ScoreTree.build(rests, answers or [], p)
         if not answers:  # the first draft from the trie itself
+            budget = min(self.draft_tokens, max(DRAFT_MIN, self.draft_tokens // len(rows)))
             for row, tree, last in zip(rows, layout.rows, layout.prompt_last):
-                self._add_draft(tree, last, row, [1.0] * len(self.trie.counts[0]), max_new_tokens)
+                self._add_draft(tree, last, row, [1.0] * len(self.trie.counts[0]), max_new_tokens, budget)
         kv = prefix.kv(device)
         states, cache, real = self.scorer.run_tree(prefix, layout.rows, points, kv)
         self.passes = 1
@@ -134,11 +140,11 @@ class TemplateDecoder:
                 cache.batch_select_indices(index)
                 past = past[index]
                 active = [active[i] for i in keep]
-            trees = []
+            trees, budget = [], min(self.draft_tokens, max(DRAFT_MIN, self.draft_tokens // len(active)))
             for b in active:
                 tree = TokenTree()
                 root = tree.add(rows[b].tokens[-1], -1, rows[b].start + len(rows[b].tokens) - 1)
-                self._add_draft(tree, root, rows[b], weights[b], max_new_tokens)
+                self._add_draft(tree, root, rows[b], weights[b], max_new_tokens, budget)
                 trees.append(tree)
             ids, positions, sees, real = pack(trees, self.scorer.formatter.pad_id, device)
             states, cache = prefix.run_tree(prefix.llm.get_input_embeddings()(ids), positions, sees, past, cache)
@@ -155,11 +161,12 @@ class TemplateDecoder:
             past = torch.cat([past, visible], 1)
         return [row.tokens for row in rows], scores if answers else None
 
-    def _add_draft(self, tree: TokenTree, root: int, row: Row, weights: list[float], max_new_tokens: int) -> None:
-        """The trie's continuations after ``row``'s tokens, below column ``root`` of ``tree``."""
+    def _add_draft(self, tree: TokenTree, root: int, row: Row, weights: list[float], max_new_tokens: int,
+                   budget: int) -> None:
+        """Up to ``budget`` of the trie's continuations after ``row``'s tokens, below column ``root``."""
         base = tree.positions[root]
         columns: list[int] = []
-        for token, parent, level in self.trie.draft(row.node, self.draft_tokens,
+        for token, parent, level in self.trie.draft(row.node, budget,
                                                     max_new_tokens - len(row.tokens), weights):
             columns.append(tree.add(token, root if parent < 0 else columns[parent], base + level))
 
