@@ -2,31 +2,33 @@
 on the same faces, and folder / video throughput before and after.
 
     python benchmarks/predict_latency.py --data data/ferplus --ferplus-images ../shared/data/ferplus \
-        --faces 200 --threads 2 --precision int8 --out benchmarks/results/predict_latency.md
+        --faces 200 --threads 2 --out benchmarks/results/predict_latency.md
 
 The model is loaded once (``FacePhi.from_pretrained``, float32). Every face is timed on its own
-(batch size 1, ``time.perf_counter``, after ``--warmup`` untimed calls) in three settings:
+(batch size 1, ``time.perf_counter``, after ``--warmup`` untimed calls) in each setting:
 
 * ``plain``: today's path (``FacePhiModel.fast_path = False``): ``generate`` token by token from the
   LoRA adapter, and the plain class scoring;
 * ``fast float32``: the fast path (LoRA merged into a copy, shared-prefix cache, one token-tree pass
   shared by scoring and answering, template-drafted decoding);
-* ``fast <precision>``: the fast path in ``--precision`` (e.g. ``int8``), when it is not float32.
+* ``fast <p>`` for the default precision ``--precision`` and the levers ``--also`` (default int8).
 
 Per setting: landmarks → answer (``answer``), landmarks → 8 probabilities (``class_probabilities``),
 both (``answer_and_probabilities``) and image file → answer + probabilities (``FacePhi.predict_many``
-of one path: decode, mesh, model; the first ``--end-to-end-limit`` images). Then the fast answers
-are compared with the plain ones word for word (each difference with the top-two logit gap of the
-plain model at the first token that differs), the probabilities number for number, the most
-probable class of ``--precision`` with float32 plain's; and a folder of the FER+ Test images (or
-the photos) and a video (``--video``, else one made of the photos) are answered through
-``Predictor`` batches (``--batch-size``) before (plain) and after (fast, ``--precision``).
+of one path: decode, mesh, model; the first ``--end-to-end-limit`` images). Then the fast float32
+answers are compared with the plain ones word for word (each difference with the top-two logit gap
+of the plain model at the first token that differs), the probabilities number for number, each
+setting's most probable class with float32 plain's; levers are timed one at a time; and a folder
+(the FER+ Test images, else the photos) and a video (``--video``, else one made of the photos) are
+answered through ``Predictor`` batches before (plain, batch size 16) and after (fast path in
+``--precision``, ``--batch-size``).
 
 Printed at the end, one per line: ``answer_p50_ms=``, ``scores_p50_ms=``, ``end_to_end_p50_ms=`` (the
-fast path in ``--precision``) with ``..._float32=`` (fast, float32) and ``..._plain=`` beside them,
-``answer_speedup=``, ``identical_answers=K/N``, ``max_probability_difference=``,
-``default_class_agreement=``, ``folder_faces_per_s_before/after=``, ``video_faces_per_s_before/after=``,
-``video_realtime_factor_after=``, ``precision=``; ``--out`` writes the markdown report.
+fast path in ``--precision``), each with ``..._float32=`` (fast, float32) and ``..._plain=`` beside
+it, ``both_p50_ms=``, ``answer_speedup=`` (plain / fast, float32), ``identical_answers=K/N``,
+``max_probability_difference=``, ``default_class_agreement=``, ``<p>_class_agreement=`` per other
+precision, ``folder_faces_per_s_before/after=``, ``video_faces_per_s_before/after=``,
+``video_realtime_factor_before/after=``, ``precision=``; ``--out`` writes the markdown report.
 """
 
 from __future__ import annotations
@@ -117,8 +119,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls of each measure first")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="answer length limit")
-    parser.add_argument("--precision", default="int8", choices=[p for p in PRECISIONS if p != "auto"],
-                        help="precision of the fast path compared with float32 (default int8)")
+    parser.add_argument("--precision", default="float32", choices=[p for p in PRECISIONS if p != "auto"],
+                        help="the default precision: its fast path gives the headline lines (default float32)")
+    parser.add_argument("--also", nargs="*", default=["int8"], choices=[p for p in PRECISIONS if p != "auto"],
+                        help="other precisions measured as levers (default: int8)")
     parser.add_argument("--end-to-end-limit", type=int, default=50, help="images timed end to end per setting")
     parser.add_argument("--batch-size", type=int, default=16, help="faces per model call (folder and video)")
     parser.add_argument("--folder-limit", type=int, default=200, help="images of the folder throughput run")
@@ -213,10 +217,10 @@ def run_extraction(inputs: list[Input], warmup: int, stage: Stage, notes: list[s
                      f"using their image: {', '.join(failed[:10])}{' ...' if len(failed) > 10 else ''}.")
 
 
-def switch(model: Any, setting: str, precision: str) -> None:
-    """``plain``: fast_path off, float32; ``fast float32``; ``fast <precision>``."""
+def switch(model: Any, setting: str) -> None:
+    """``plain``: fast_path off, float32; ``fast <precision>``: the fast path in that precision."""
     model.fast_path = setting != "plain"
-    model.set_precision("float32" if setting in SETTINGS else precision)
+    model.set_precision("float32" if setting == "plain" else setting.removeprefix("fast "))
 
 
 def run_setting(api: Any, setting: str, inputs: list[Input], args: argparse.Namespace,
@@ -227,7 +231,7 @@ def run_setting(api: Any, setting: str, inputs: list[Input], args: argparse.Name
 
     predictor = api.predictor
     model, encoder, instruction = predictor.model, predictor.encoder, predictor.instruction
-    switch(model, setting, args.precision)
+    switch(model, setting)
     usable = [item for item in inputs if item.raw is not None]
 
     def points(item: Input) -> torch.Tensor:
@@ -288,7 +292,7 @@ def levers(api: Any, inputs: list[Input], args: argparse.Namespace) -> list[str]
         return summary([timed(lambda: call(p))[0] for p in points])["p50"]
 
     with torch.inference_mode():
-        switch(model, "fast float32", args.precision)
+        switch(model, "fast float32")
         prompt = torch.tensor([model.formatter.encode_prompt(instruction)])
         for name, prefix in (("with the LoRA adapter", model.prefix), ("LoRA merged", model.answering_prefix())):
             embeds = model.embed(prompt, points[0])
@@ -317,7 +321,7 @@ def throughput(api: Any, paths: list[Path], video: Path | None, args: argparse.N
     out: dict[str, float] = {}
     model = api.predictor.model
     for when, setting, batch in (("before", "plain", 16), ("after", f"fast {args.precision}", args.batch_size)):
-        switch(model, setting, args.precision)
+        switch(model, setting)
         api.predictor.batch_size = batch
         api.predict_many([str(paths[0])])  # warm up (the answering copy is made here)
         if paths:
@@ -400,11 +404,13 @@ def compare(api: Any, inputs: list[Input], precision: str) -> dict[str, Any]:
             token, gap = first_difference_gap(api, item, plain, fast)
             differences.append((item, token, gap))
     gaps = [float(np.abs(i.probs["fast float32"] - i.probs["plain"]).max()) for i in usable]
-    other = f"fast {precision}" if precision != "float32" else "fast float32"
-    agree = sum(int(i.probs[other].argmax() == i.probs["plain"].argmax()) for i in usable)
-    same_answer = sum(int(i.answers[other] == i.answers["plain"]) for i in usable)
+    agree, same_answer = {}, {}
+    for setting in usable[0].answers if usable else ():
+        agree[setting] = sum(int(i.probs[setting].argmax() == i.probs["plain"].argmax()) for i in usable)
+        same_answer[setting] = sum(int(i.answers[setting] == i.answers["plain"]) for i in usable)
     return {"n": len(usable), "identical": len(usable) - len(differences), "differences": differences,
-            "max_difference": max(gaps, default=float("nan")), "agree": agree, "same_answer": same_answer}
+            "max_difference": max(gaps, default=float("nan")), "agree": agree, "same_answer": same_answer,
+            "default": f"fast {precision}"}
 
 
 def report(args: argparse.Namespace, model: Path, info: dict[str, Any], stages: dict[str, dict[str, Stage]],
@@ -430,8 +436,10 @@ def report(args: argparse.Namespace, model: Path, info: dict[str, Any], stages: 
     for item, token, gap in c["differences"]:
         lines.append(f"- {item.name}: plain \"{item.answers['plain']}\" / fast \"{item.answers['fast float32']}\" "
                      f"(first differing answer token {token}; plain top-two logit gap there {gap:.2e})")
-    lines.append(f"{args.precision} (fast) against float32 plain: the most probable class agrees on {c['agree']} of "
-                 f"{c['n']} faces ({c['agree'] / max(c['n'], 1):.4f}); identical answers {c['same_answer']}/{c['n']}.")
+    for setting in (s for s in c["agree"] if s != "plain"):
+        lines.append(f"{setting} against float32 plain: the most probable class agrees on {c['agree'][setting]} of "
+                     f"{c['n']} faces ({c['agree'][setting] / max(c['n'], 1):.4f}); identical answers "
+                     f"{c['same_answer'][setting]}/{c['n']}.")
     lines += ["", "Levers, one at a time (fast path, float32, first 20 faces, p50):", ""]
     lines += [f"- {line}" for line in lever_lines]
     if rates:
@@ -470,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     extraction = Stage("extract", "image → 478 landmarks (decode + MediaPipe)")
     run_extraction(inputs, args.warmup, extraction, notes)
-    settings = SETTINGS + ((f"fast {args.precision}",) if args.precision != "float32" else ())
+    settings = tuple(dict.fromkeys(SETTINGS + tuple(f"fast {p}" for p in [args.precision, *args.also])))
     stages = {setting: {m: Stage(m, TITLES[m]) for m in MEASURES} for setting in settings}
     for setting in settings:
         log(f"{setting}: answers, scores, end to end")
@@ -494,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"wrote {args.out}")
     else:
         print(text)
-    top = f"fast {args.precision}" if args.precision != "float32" else "fast float32"
+    top = comparison["default"]
     for measure in ("answer", "scores", "end_to_end"):
         print(f"{measure}_p50_ms={summary(stages[top][measure].all_times())['p50']:.2f}")
         print(f"{measure}_p50_ms_float32={summary(stages['fast float32'][measure].all_times())['p50']:.2f}")
@@ -504,7 +512,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"answer_speedup={plain / fast:.2f}")
     print(f"identical_answers={comparison['identical']}/{comparison['n']}")
     print(f"max_probability_difference={comparison['max_difference']:.2e}")
-    print(f"default_class_agreement={comparison['agree'] / max(comparison['n'], 1):.4f}")
+    print(f"default_class_agreement={comparison['agree'][top] / max(comparison['n'], 1):.4f}")
+    for setting in settings[2:]:
+        print(f"{setting.removeprefix('fast ')}_class_agreement={comparison['agree'][setting] / max(comparison['n'], 1):.4f}")
     for key, value in rates.items():
         print(f"{key}={value:.2f}")
     print(f"precision={args.precision}")
