@@ -273,7 +273,7 @@ def first_difference_gap(api: Any, item: Input, plain: str, fast: str) -> tuple[
     points = api.predictor.encoder.normalize(item.raw[None], np.asarray([item.size], dtype=np.float32))
     with torch.inference_mode():
         logits = model(ids, torch.ones_like(ids), points).logits[0, -1].float()
-    logits[model._suppressed()] = -float("inf")
+    logits[model.suppressed_tokens()] = -float("inf")
     top = logits.topk(2).values
     return j, float(top[0] - top[1])
 

@@ -277,7 +277,7 @@ class FacePhiModel(nn.Module):
             for module in training:
                 module.training = True
 
-    def _suppressed(self) -> list[int]:
+    def suppressed_tokens(self) -> list[int]:
         """Tokens never generated: the landmark placeholder and the pad token (unless it is [EOS])."""
         tokenizer = self.tokenizer
         return sorted({self.landmark_id, tokenizer.pad_token_id} - {tokenizer.eos_token_id})
@@ -290,7 +290,7 @@ class FacePhiModel(nn.Module):
 
         tokenizer = self.tokenizer
         config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
-                                  eos_token_id=tokenizer.eos_token_id, suppress_tokens=self._suppressed())
+                                  eos_token_id=tokenizer.eos_token_id, suppress_tokens=self.suppressed_tokens())
         config.update(**generate_kwargs)
         with self._answering():
             new_tokens = self.llm.generate(inputs_embeds=self.embed(input_ids, points), attention_mask=attention_mask,
@@ -340,7 +340,7 @@ class FacePhiModel(nn.Module):
         if self._decoder is None:
             trie = AnswerTrie([(seq[:-1], k) for per_class in self.scorer.answers("all")
                                for k, seq in enumerate(per_class)], len(self.scorer.answers()[0]))
-            self._decoder = TemplateDecoder(self.scorer, trie, self.tokenizer.eos_token_id, self._suppressed())
+            self._decoder = TemplateDecoder(self.scorer, trie, self.tokenizer.eos_token_id, self.suppressed_tokens())
         return self._decoder
 
     # ------------------------------------------------------------------ class scoring
