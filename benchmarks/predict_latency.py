@@ -1,27 +1,34 @@
-"""Per-input latency of a FacePhi model on CPU: landmark extraction, scoring, generation, end to end.
+"""Answer latency of a FacePhi model on CPU: today's plain path against the fast path, in one process
+on the same faces, and folder / video throughput before and after.
 
-    python benchmarks/predict_latency.py --out benchmarks/results/predict_latency.md
-    python benchmarks/predict_latency.py --model runs/demo/final --faces 100 --threads 2
+    python benchmarks/predict_latency.py --data data/ferplus --ferplus-images ../shared/data/ferplus \
+        --faces 200 --threads 2 --out benchmarks/results/predict_latency.md
 
-The model is loaded once (``FacePhi.from_pretrained``); every input is then timed on its own
-(batch size 1, ``time.perf_counter``) after ``--warmup`` untimed calls of each stage:
+The model is loaded once (``FacePhi.from_pretrained``, float32). Every face is timed on its own
+(batch size 1, ``time.perf_counter``, after ``--warmup`` untimed calls) in each setting:
 
-(a) extraction: image file -> 478 landmarks (``load_image`` decode + ``FaceMesher.find_faces``);
-(b) landmarks -> class probabilities: the encoder's normaliser + ``FacePhiModel.class_probabilities``
-    (likelihood of the 8 class answers);
-(c) landmarks -> answer: normaliser + ``FacePhiModel.answer`` (greedy, ``--max-new-tokens`` at most;
-    the tokens generated per answer, [EOS] included, are counted);
-(d) image -> answer + probabilities end to end: ``FacePhi.predict_one(path)`` (decode, mesh, both of the above).
+* ``plain``: today's path (``FacePhiModel.fast_path = False``): ``generate`` token by token from the
+  LoRA adapter, and the plain class scoring;
+* ``fast float32``: the fast path (LoRA merged into a copy, shared-prefix cache, one token-tree pass
+  shared by scoring and answering, template-drafted decoding);
+* ``fast <p>`` for the default precision ``--precision`` and the levers ``--also`` (default int8).
 
-Inputs: the photos of ``--images`` (all of them) and ``--faces`` seeded random faces of the Test split
-of the extracted landmark set ``--data`` (``LandmarkSet.select("test", faces, "random", 0)``), whose
-raw images are read from ``--ferplus-images`` for (a) and (d) when that folder is there. A missing
-``--data`` or ``--ferplus-images`` folder is skipped with a note. Stages (b) and (c) use the landmarks
-of both sources (the photos' from (a)).
+Per setting: landmarks → answer (``answer``), landmarks → 8 probabilities (``class_probabilities``),
+both (``answer_and_probabilities``) and image file → answer + probabilities (``FacePhi.predict_many``
+of one path: decode, mesh, model; the first ``--end-to-end-limit`` images). Then the fast float32
+answers are compared with the plain ones word for word (each difference with the top-two logit gap
+of the plain model at the first token that differs), the probabilities number for number, each
+setting's most probable class with float32 plain's; levers are timed one at a time; and a folder
+(the FER+ Test images, else the photos) and a video (``--video``, else one made of the photos) are
+answered through ``Predictor`` batches before (plain, batch size 16) and after (fast path in
+``--precision``, ``--batch-size``).
 
-Printed at the end, one per line: ``p50_ms=`` (stage b), ``p95_ms=`` (stage b), ``extract_p50_ms=``,
-``generate_p50_ms=``, ``generate_mean_tokens=``, ``end_to_end_p50_ms=`` (each over all inputs of the
-stage); ``--out`` writes the markdown report (atomically).
+Printed at the end, one per line: ``answer_p50_ms=``, ``scores_p50_ms=``, ``end_to_end_p50_ms=`` (the
+fast path in ``--precision``), each with ``..._float32=`` (fast, float32) and ``..._plain=`` beside
+it, ``both_p50_ms=``, ``answer_speedup=`` (plain / fast, float32), ``identical_answers=K/N``,
+``max_probability_difference=``, ``default_class_agreement=``, ``<p>_class_agreement=`` per other
+precision, ``folder_faces_per_s_before/after=``, ``video_faces_per_s_before/after=``,
+``video_realtime_factor_before/after=``, ``precision=``; ``--out`` writes the markdown report.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import os
 import platform
 import shlex
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,21 +48,25 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_MS = 150.0
-"""Target p50 of landmarks -> class probabilities on the 2-core CPU (the issue's)."""
+"""Target p50 of image → answer + probabilities on the 2-core CPU (the issue's)."""
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+SETTINGS = ("plain", "fast float32")
+MEASURES = ("answer", "scores", "both", "end_to_end")
+TITLES = {"answer": "landmarks → answer", "scores": "landmarks → 8 probabilities",
+          "both": "landmarks → answer + probabilities", "end_to_end": "image → answer + probabilities"}
 
 
 @dataclass
 class Input:
-    """One face to time: its image (None: landmarks only) and, once known, its raw landmarks."""
+    """One face: its image (None: landmarks only), raw landmarks, and per setting what it got."""
 
     source: str  # "photos" | "FER+ Test"
     name: str
     image: Path | None = None
     raw: np.ndarray | None = None  # float32 [478, 3]
     size: tuple[float, float] | None = None  # image (width, height)
-    probs: np.ndarray | None = None  # [8] class probabilities of stage (b)
-    answer: str | None = None  # answer of stage (c)
+    answers: dict[str, str] = field(default_factory=dict)  # setting -> answer
+    probs: dict[str, np.ndarray] = field(default_factory=dict)  # setting -> [8]
 
 
 @dataclass
@@ -103,23 +115,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="extracted FER+ landmark set (its Test split); skipped when missing")
     parser.add_argument("--ferplus-images", type=Path, default=ROOT.parent / "shared" / "data" / "ferplus",
                         help="raw FER+ images (paths of --data's samples.csv); skipped when missing")
-    parser.add_argument("--faces", type=int, default=300, help="seeded random Test faces of --data")
+    parser.add_argument("--faces", type=int, default=200, help="seeded random Test faces of --data")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed calls of each stage first")
-    parser.add_argument("--max-new-tokens", type=int, default=32, help="answer length limit (stages c, d)")
-    parser.add_argument("--device", default="cpu", help="torch device of the model (default cpu)")
-    parser.add_argument("--precision", default="float32", choices=PRECISIONS,
-                        help="what the LLM computes in (FacePhi.from_pretrained's precision; default float32)")
-    parser.add_argument("--check-answers", type=int, default=50,
-                        help="below float32: inputs whose answers are also generated in float32 and compared")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed calls of each measure first")
+    parser.add_argument("--max-new-tokens", type=int, default=32, help="answer length limit")
+    parser.add_argument("--precision", default="float32", choices=[p for p in PRECISIONS if p != "auto"],
+                        help="the default precision: its fast path gives the headline lines (default float32)")
+    parser.add_argument("--also", nargs="*", default=["int8"], choices=[p for p in PRECISIONS if p != "auto"],
+                        help="other precisions measured as levers (default: int8)")
+    parser.add_argument("--end-to-end-limit", type=int, default=50, help="images timed end to end per setting")
+    parser.add_argument("--batch-size", type=int, default=16, help="faces per model call (folder and video)")
+    parser.add_argument("--folder-limit", type=int, default=200, help="images of the folder throughput run")
+    parser.add_argument("--video", type=Path, default=None, help="video answered (default: one made of the photos)")
+    parser.add_argument("--video-fps", type=float, default=5.0, help="frames per second answered of the video")
     parser.add_argument("--out", type=Path, default=None, help="write the markdown report here")
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
-    for name in ("faces", "threads", "max_new_tokens"):
+    for name in ("faces", "threads", "max_new_tokens", "batch_size", "end_to_end_limit", "folder_limit"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.warmup < 0:
-        parser.error("--warmup must be >= 0")
+    if args.warmup < 0 or not args.video_fps > 0:
+        parser.error("--warmup must be >= 0 and --video-fps > 0")
+    if args.video is not None and not args.video.is_file():
+        parser.error(f"--video {args.video}: no such file")
     return args
 
 
@@ -199,118 +217,151 @@ def run_extraction(inputs: list[Input], warmup: int, stage: Stage, notes: list[s
                      f"using their image: {', '.join(failed[:10])}{' ...' if len(failed) > 10 else ''}.")
 
 
-class TokenCounter:
-    """Counts the tokens of each ``llm.generate`` call (batch size 1: up to and including [EOS]) by
-    wrapping the instance's ``generate``; ``restore()`` puts the original back."""
-
-    def __init__(self, llm: Any, eos_id: int | None) -> None:
-        self.llm, self.eos_id, self.counts = llm, eos_id, []
-        self.original = llm.generate
-        self.llm.generate = self._generate
-
-    def _generate(self, *args: Any, **kwargs: Any) -> Any:
-        tokens = self.original(*args, **kwargs)
-        row = tokens[0].tolist()
-        self.counts.append(row.index(self.eos_id) + 1 if self.eos_id in row else len(row))
-        return tokens
-
-    def restore(self) -> None:
-        self.llm.__dict__.pop("generate", None)
+def switch(model: Any, setting: str) -> None:
+    """``plain``: fast_path off, float32; ``fast <precision>``: the fast path in that precision."""
+    model.fast_path = setting != "plain"
+    model.set_precision("float32" if setting == "plain" else setting.removeprefix("fast "))
 
 
-def run_model_stages(api: Any, inputs: list[Input], warmup: int, max_new_tokens: int,
-                     scoring: Stage, generation: Stage) -> list[int]:
-    """(b) and (c) on every input with landmarks; returns the tokens generated per timed answer."""
+def run_setting(api: Any, setting: str, inputs: list[Input], args: argparse.Namespace,
+                stages: dict[str, Stage]) -> None:
+    """Time every measure of ``setting`` on every face (batch size 1); keep each face's answer and
+    probabilities."""
     import torch
 
     predictor = api.predictor
     model, encoder, instruction = predictor.model, predictor.encoder, predictor.instruction
-    device = next(iter(model.parameters())).device
+    switch(model, setting)
     usable = [item for item in inputs if item.raw is not None]
-    if not usable:
-        return []
 
-    def prepare(item: Input) -> torch.Tensor:
-        return encoder.normalize(item.raw[None], np.asarray([item.size], dtype=np.float32)).to(device)
+    def points(item: Input) -> torch.Tensor:
+        return encoder.normalize(item.raw[None], np.asarray([item.size], dtype=np.float32))
 
-    def score(item: Input) -> Any:
-        return model.class_probabilities(prepare(item), [instruction]).float().cpu()
-
-    def generate(item: Input) -> Any:
-        return model.answer(prepare(item), [instruction], max_new_tokens)
-
+    calls = {"answer": lambda item: model.answer(points(item), [instruction], args.max_new_tokens),
+             "scores": lambda item: model.class_probabilities(points(item), [instruction]),
+             "both": lambda item: model.answer_and_probabilities(points(item), [instruction], args.max_new_tokens)}
+    if setting == "plain":
+        del calls["both"]  # today's predictor runs the two one after the other
     with torch.inference_mode():
-        for _ in range(warmup):
-            score(usable[0])
-        for item in usable:
-            seconds, probs = timed(lambda: score(item))
-            if probs.shape != (1, 8) or abs(float(probs.sum()) - 1.0) > 1e-3:
-                raise RuntimeError(f"class_probabilities gave {probs}")
-            scoring.add(item.source, seconds)
-            item.probs = probs[0].numpy()
-        for _ in range(warmup):
-            generate(usable[0])
-        counter = TokenCounter(model.llm, model.tokenizer.eos_token_id)
-        try:
+        for measure, call in calls.items():
+            for _ in range(args.warmup):
+                call(usable[0])
             for item in usable:
-                seconds, answers = timed(lambda: generate(item))
-                generation.add(item.source, seconds)
-                item.answer = answers[0]
-        finally:
-            counter.restore()
-    return counter.counts
+                seconds, result = timed(lambda: call(item))
+                stages[measure].add(item.source, seconds)
+                if measure == "answer":
+                    item.answers[setting] = result[0]
+                elif measure == "scores":
+                    item.probs[setting] = result[0].float().numpy()
+    with_images = [item for item in inputs if item.image is not None][:args.end_to_end_limit]
+    for _ in range(args.warmup if with_images else 0):
+        api.predict_many([str(with_images[0].image)])
+    for item in with_images:
+        seconds, rows = timed(lambda: api.predict_many([str(item.image)]))
+        if rows and "error" not in rows[0]:
+            stages["end_to_end"].add(item.source, seconds)
 
 
-def run_end_to_end(api: Any, inputs: list[Input], warmup: int, stage: Stage, notes: list[str]) -> None:
-    """(d): ``FacePhi.predict_one(path)`` per image (answer and class probabilities)."""
-    with_images = [item for item in inputs if item.image is not None]
-    errors: list[str] = []
-    for source in dict.fromkeys(item.source for item in with_images):
-        group = [item for item in with_images if item.source == source]
-        for _ in range(warmup):
-            api.predict_one(str(group[0].image))
-        for item in group:
-            seconds, row = timed(lambda: api.predict_one(str(item.image)))
-            if "error" in row:
-                errors.append(f"{item.name} ({row['error']})")
-                continue
-            stage.add(item.source, seconds)
-    if errors:
-        notes.append(f"end to end: {len(errors)} image(s) unanswered, not timed: {', '.join(errors[:10])}.")
-
-
-def compare_with_float32(args: argparse.Namespace, path: Path, inputs: list[Input], stage: Stage) -> dict[str, Any]:
-    """Below float32: the same inputs through a float32 copy of the model, its scoring timed into
-    ``stage``; how often the two agree (most probable class, largest probability gap, answer text)."""
+def first_difference_gap(api: Any, item: Input, plain: str, fast: str) -> tuple[int, float]:
+    """(index of the first answer token that differs, top-two logit gap of the plain float32 model there)."""
     import torch
 
-    from facephi import FacePhi
-
-    api = FacePhi.from_pretrained(path, device=args.device, threads=args.threads, max_new_tokens=args.max_new_tokens,
-                                  batch_size=1, precision="float32", flag="--model")
-    model, encoder, instruction = api.predictor.model, api.predictor.encoder, api.predictor.instruction
-    device = next(iter(model.parameters())).device
-    usable = [item for item in inputs if item.probs is not None]
-    from facephi.scoring.keywords import match_answer
-
-    gaps, same_class, same_answer, same_answer_class, checked = [], 0, 0, 0, 0
+    model, instruction = api.predictor.model, api.predictor.instruction
+    a, b = model.scorer.answer_ids(plain), model.scorer.answer_ids(fast)
+    j = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    ids = torch.tensor([model.formatter.encode_prompt(instruction) + a[:j]])
+    points = api.predictor.encoder.normalize(item.raw[None], np.asarray([item.size], dtype=np.float32))
     with torch.inference_mode():
-        for i, item in enumerate(usable):
-            points = encoder.normalize(item.raw[None], np.asarray([item.size], dtype=np.float32)).to(device)
-            seconds, probs = timed(lambda: model.class_probabilities(points, [instruction]).float().cpu()[0].numpy())
-            if i >= args.warmup:  # the first calls warm the float32 model up
-                stage.add(item.source, seconds)
-            gaps.append(float(np.abs(probs - item.probs).max()))
-            same_class += int(probs.argmax() == item.probs.argmax())
-            if i < args.check_answers and item.answer is not None:
-                checked += 1
-                answer = model.answer(points, [instruction], args.max_new_tokens)[0]
-                same_answer += int(answer == item.answer)
-                same_answer_class += int(match_answer(answer).predicted == match_answer(item.answer).predicted)
-    api.close()
-    return {"n": len(usable), "same_class": same_class, "max_gap": max(gaps, default=float("nan")),
-            "median_gap": float(np.median(gaps)) if gaps else float("nan"), "checked": checked,
-            "same_answer": same_answer, "same_answer_class": same_answer_class}
+        logits = model(ids, torch.ones_like(ids), points).logits[0, -1].float()
+    logits[model.suppressed_tokens()] = -float("inf")
+    top = logits.topk(2).values
+    return j, float(top[0] - top[1])
+
+
+def levers(api: Any, inputs: list[Input], args: argparse.Namespace) -> list[str]:
+    """Each lever alone on the first faces (float32 unless said): its p50 in ms."""
+    import torch
+
+    model, encoder, instruction = api.predictor.model, api.predictor.encoder, api.predictor.instruction
+    usable = [item for item in inputs if item.raw is not None][:20]
+    points = [encoder.normalize(i.raw[None], np.asarray([i.size], dtype=np.float32)) for i in usable]
+    lines = []
+
+    def p50(call: Callable[[torch.Tensor], Any]) -> float:
+        call(points[0])
+        return summary([timed(lambda: call(p))[0] for p in points])["p50"]
+
+    with torch.inference_mode():
+        switch(model, "fast float32")
+        prompt = torch.tensor([model.formatter.encode_prompt(instruction)])
+        for name, prefix in (("with the LoRA adapter", model.prefix), ("LoRA merged", model.answering_prefix())):
+            embeds = model.embed(prompt, points[0])
+            positions = torch.arange(prompt.shape[1])[None]
+            ms = p50(lambda _: prefix.step(embeds, torch.ones_like(prompt), positions, None))
+            lines.append(f"one LLM pass of the whole prompt ({prompt.shape[1]} tokens, batch 1), {name}: {ms:.1f} ms")
+        decoder = model.decoder()
+        budget = decoder.draft_tokens
+        decoder.draft_tokens = 0
+        ms = p50(lambda p: model.answer(p, [instruction], args.max_new_tokens))
+        lines.append(f"answer token by token from the prefix cache (drafts off), LoRA merged: {ms:.1f} ms")
+        decoder.draft_tokens = budget
+        ms = p50(lambda p: model.answer(p, [instruction], args.max_new_tokens))
+        lines.append(f"answer with template drafts ({budget} drafted tokens per pass): {ms:.1f} ms")
+        ms = p50(lambda p: (model.answer(p, [instruction], args.max_new_tokens),
+                            model.class_probabilities(p, [instruction])))
+        lines.append(f"answer, then class probabilities (two computations): {ms:.1f} ms")
+        ms = p50(lambda p: model.answer_and_probabilities(p, [instruction], args.max_new_tokens))
+        lines.append(f"answer and class probabilities from one shared first pass: {ms:.1f} ms")
+    return lines
+
+
+def throughput(api: Any, paths: list[Path], video: Path | None, args: argparse.Namespace) -> dict[str, float]:
+    """Faces per second of a folder and a video through ``Predictor`` batches, plain (batch size 16,
+    today's) then fast in ``--precision`` (``--batch-size``)."""
+    out: dict[str, float] = {}
+    model = api.predictor.model
+    for when, setting, batch in (("before", "plain", 16), ("after", f"fast {args.precision}", args.batch_size)):
+        switch(model, setting)
+        api.predictor.batch_size = batch
+        api.predict_many([str(paths[0])])  # warm up (the answering copy is made here)
+        if paths:
+            seconds, rows = timed(lambda: api.predict_many([str(p) for p in paths]))
+            out[f"folder_faces_per_s_{when}"] = sum("error" not in r for r in rows) / seconds
+        if video is not None:
+            seconds, result = timed(lambda: api.predict_video(video, fps=args.video_fps))
+            out[f"video_faces_per_s_{when}"] = result.answered / seconds
+            out[f"video_realtime_factor_{when}"] = video_seconds(video) / seconds
+    api.predictor.batch_size = 1
+    return out
+
+
+def video_seconds(path: Path) -> float:
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        return float(stream.frames / stream.average_rate) if stream.frames else float(container.duration or 0) / 1e6
+
+
+def make_video(photos: list[Path], folder: Path, seconds_per_photo: float = 2.0, rate: int = 25) -> Path | None:
+    """An MPEG-4 video showing each photo for ``seconds_per_photo`` (square 480 px frames)."""
+    import av
+    from PIL import Image, ImageOps
+
+    if not photos:
+        return None
+    path = folder / "photos.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=rate)
+        stream.width = stream.height = 480
+        stream.pix_fmt = "yuv420p"
+        for photo in photos:
+            image = ImageOps.pad(Image.open(photo).convert("RGB"), (480, 480), color=(255, 255, 255))
+            frame = av.VideoFrame.from_image(image)
+            for _ in range(int(seconds_per_photo * rate)):
+                container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path
 
 
 def machine(threads_asked: int, device: str) -> dict[str, Any]:
@@ -342,46 +393,59 @@ def fmt(value: float) -> str:
     return "n/a" if value != value else f"{value:.1f}"
 
 
-def report(args: argparse.Namespace, model: Path, info: dict[str, Any], stages: list[Stage],
-           tokens: list[int], notes: list[str], load_s: float, instruction: str, precision: str,
-           fidelity: dict[str, Any] | None) -> str:
-    lines = ["# Prediction latency (CPU, one input at a time)", "",
+def compare(api: Any, inputs: list[Input], precision: str) -> dict[str, Any]:
+    """Fast float32 against plain (answers word for word, probabilities), ``precision``'s class
+    against float32 plain's."""
+    usable = [item for item in inputs if "plain" in item.answers and "fast float32" in item.answers]
+    differences = []
+    for item in usable:
+        plain, fast = item.answers["plain"], item.answers["fast float32"]
+        if plain != fast:
+            token, gap = first_difference_gap(api, item, plain, fast)
+            differences.append((item, token, gap))
+    gaps = [float(np.abs(i.probs["fast float32"] - i.probs["plain"]).max()) for i in usable]
+    agree, same_answer = {}, {}
+    for setting in usable[0].answers if usable else ():
+        agree[setting] = sum(int(i.probs[setting].argmax() == i.probs["plain"].argmax()) for i in usable)
+        same_answer[setting] = sum(int(i.answers[setting] == i.answers["plain"]) for i in usable)
+    return {"n": len(usable), "identical": len(usable) - len(differences), "differences": differences,
+            "max_difference": max(gaps, default=float("nan")), "agree": agree, "same_answer": same_answer,
+            "default": f"fast {precision}"}
+
+
+def report(args: argparse.Namespace, model: Path, info: dict[str, Any], stages: dict[str, dict[str, Stage]],
+           comparison: dict[str, Any], lever_lines: list[str], rates: dict[str, float], notes: list[str],
+           load_s: float, instruction: str) -> str:
+    lines = ["# Prediction latency: today's plain path against the fast path (CPU, one face at a time)", "",
              f"Command: `python benchmarks/predict_latency.py {shlex.join(args.argv)}`", "",
-             f"Model: `{model}` (loaded once, in {load_s:.1f} s). Instruction: \"{instruction}\". "
-             f"Batch size 1, {args.warmup} untimed warm-up call(s) per stage, `time.perf_counter` per input; "
-             f"answers greedy, at most {args.max_new_tokens} new tokens. LLM precision: {precision} "
-             f"(`--precision {args.precision}`).", "",
+             f"Model: `{model}` (loaded once, in {load_s:.1f} s). Instruction: \"{instruction}\". Batch size 1, "
+             f"{args.warmup} untimed warm-up call(s) per measure, `time.perf_counter` per face; answers greedy, "
+             f"at most {args.max_new_tokens} new tokens; image → answer on the first {args.end_to_end_limit} images.", "",
              "Machine: " + ", ".join(f"{k} {v}" for k, v in info.items()) + ".", "",
-             "| stage | inputs | n | p50 ms | p95 ms | mean ms |", "|---|---|---:|---:|---:|---:|"]
-    for stage in stages:
-        groups = list(stage.times.items())
-        rows = groups + ([("all", stage.all_times())] if len(groups) > 1 else [])
-        if not rows:
-            lines.append(f"| {stage.title} | none | 0 | n/a | n/a | n/a |")
-        for source, times in rows:
-            s = summary(times)
-            lines.append(f"| {stage.title} | {source} | {s['n']} | {fmt(s['p50'])} | {fmt(s['p95'])} | {fmt(s['mean'])} |")
-    scoring = summary(stages[1].all_times())
-    lines += [""]
-    if tokens:
-        lines.append(f"Generated tokens per answer (stage c, [EOS] included): mean {np.mean(tokens):.1f}, "
-                     f"min {min(tokens)}, max {max(tokens)} (n {len(tokens)}).")
-    if scoring["n"]:
-        verdict = "met" if scoring["p50"] <= TARGET_MS else "NOT met"
-        lines.append(f"Target: landmarks → class probabilities p50 ≤ {TARGET_MS:.0f} ms: {verdict} "
-                     f"(p50 {scoring['p50']:.1f} ms).")
-    if fidelity is not None:
-        f = fidelity
-        lines.append(f"{precision} against float32 on the same {f['n']} inputs: the most probable class agrees on "
-                     f"{f['same_class']} ({100 * f['same_class'] / max(f['n'], 1):.1f} %); the largest difference "
-                     f"of one class probability is {f['max_gap']:.4f} (median over inputs {f['median_gap']:.4f}); "
-                     f"the answer in words is identical for {f['same_answer']} of {f['checked']} inputs and names "
-                     f"the same class for {f['same_answer_class']}.")
-    lines += ["", "Stages: (a) image file → 478 landmarks (decode + MediaPipe FaceMesh, largest face); "
-              "(b) landmarks → class probabilities (normalise + `class_probabilities`, likelihood of the 8 "
-              "class answers); (c) landmarks → answer (normalise + `answer`); (d) image → answer + class "
-              "probabilities through `FacePhi.predict_one(path)` ((a) + (b) + (c) + answer parsing); (b32) as (b) "
-              "with a float32 copy of the model, measured when the main precision is lower."]
+             "| setting | measure | inputs | n | p50 ms | p95 ms | mean ms |", "|---|---|---|---:|---:|---:|---:|"]
+    for setting, per_measure in stages.items():
+        for measure, stage in per_measure.items():
+            groups = list(stage.times.items())
+            for source, times in groups + ([("all", stage.all_times())] if len(groups) > 1 else []):
+                s = summary(times)
+                lines.append(f"| {setting} | {stage.title} | {source} | {s['n']} | {fmt(s['p50'])} | "
+                             f"{fmt(s['p95'])} | {fmt(s['mean'])} |")
+    c = comparison
+    lines += ["", f"Fast float32 against plain on the same {c['n']} faces: identical answers {c['identical']}/{c['n']}; "
+              f"largest difference of one class probability {c['max_difference']:.2e}."]
+    for item, token, gap in c["differences"]:
+        lines.append(f"- {item.name}: plain \"{item.answers['plain']}\" / fast \"{item.answers['fast float32']}\" "
+                     f"(first differing answer token {token}; plain top-two logit gap there {gap:.2e})")
+    for setting in (s for s in c["agree"] if s != "plain"):
+        lines.append(f"{setting} against float32 plain: the most probable class agrees on {c['agree'][setting]} of "
+                     f"{c['n']} faces ({c['agree'][setting] / max(c['n'], 1):.4f}); identical answers "
+                     f"{c['same_answer'][setting]}/{c['n']}.")
+    lines += ["", "Levers, one at a time (fast path, float32, first 20 faces, p50):", ""]
+    lines += [f"- {line}" for line in lever_lines]
+    if rates:
+        lines += ["", f"Throughput (Predictor batches; before: plain path, batch size 16; after: fast path, "
+                      f"{args.precision}, batch size {args.batch_size}; video at {args.video_fps:g} frames/s):", ""]
+        lines += [f"- {key}={value:.2f}" for key, value in rates.items()]
     if notes:
         lines += ["", "Notes:", ""] + [f"- {note}" for note in notes]
     return "\n".join(lines) + "\n"
@@ -397,9 +461,9 @@ def main(argv: list[str] | None = None) -> int:
     notes: list[str] = []
     try:
         path = model_path(args.model)
-        load_s, api = timed(lambda: FacePhi.from_pretrained(path, device=args.device, threads=args.threads,
+        load_s, api = timed(lambda: FacePhi.from_pretrained(path, device="cpu", threads=args.threads,
                                                             max_new_tokens=args.max_new_tokens, batch_size=1,
-                                                            precision=args.precision, flag="--model"))
+                                                            precision="float32", flag="--model"))
     except FacePhiError as exc:
         print(f"predict_latency: error: {exc}", file=sys.stderr)
         return 2
@@ -407,42 +471,53 @@ def main(argv: list[str] | None = None) -> int:
         print(f"predict_latency: error: {path} is a landmark encoder; this benchmark needs a FacePhi model",
               file=sys.stderr)
         return 2
-    info = machine(args.threads, args.device)
+    info = machine(args.threads, "cpu")
     inputs = collect_inputs(args, notes)
-    extraction = Stage("extract", "(a) image → landmarks")
-    scoring = Stage("scoring", "(b) landmarks → class probabilities")
-    generation = Stage("generate", "(c) landmarks → answer")
-    end_to_end = Stage("end_to_end", "(d) image → answer + probabilities")
-    log(f"model {path} loaded in {load_s:.1f} s; {len(inputs)} inputs; stage (a)")
+    if not any(item.raw is not None for item in inputs) and not any(item.image for item in inputs):
+        print("predict_latency: error: no face to time (no photo and no landmark set)", file=sys.stderr)
+        return 2
+    extraction = Stage("extract", "image → 478 landmarks (decode + MediaPipe)")
     run_extraction(inputs, args.warmup, extraction, notes)
-    log("stages (b) and (c)")
-    tokens = run_model_stages(api, inputs, args.warmup, args.max_new_tokens, scoring, generation)
-    log("stage (d)")
-    run_end_to_end(api, inputs, args.warmup, end_to_end, notes)
+    settings = tuple(dict.fromkeys(SETTINGS + tuple(f"fast {p}" for p in [args.precision, *args.also])))
+    stages = {setting: {m: Stage(m, TITLES[m]) for m in MEASURES} for setting in settings}
+    for setting in settings:
+        log(f"{setting}: answers, scores, end to end")
+        run_setting(api, setting, inputs, args, stages[setting])
+    comparison = compare(api, inputs, args.precision)
+    log("levers")
+    lever_lines = levers(api, inputs, args)
+    with tempfile.TemporaryDirectory() as tmp:
+        ferplus = [item.image for item in inputs if item.source == "FER+ Test" and item.image is not None]
+        photos = image_files(args.images) if args.images.is_dir() else []
+        folder = (ferplus or photos)[:args.folder_limit]
+        video = args.video or make_video(photos, Path(tmp))
+        log("throughput")
+        rates = throughput(api, folder, video, args) if folder else {}
+        if video is not None and args.video is None:
+            notes.append(f"video: the {len(photos)} photos, 2 s each, 480 × 480 px, MPEG-4 at 25 frames/s.")
     api.close()
-    stages = [extraction, scoring, generation, end_to_end]
-    fidelity = None
-    if api.precision != "float32":
-        log("float32 copy: stage (b) and agreement")
-        stages.append(Stage("scoring32", "(b32) landmarks → class probabilities, float32"))
-        fidelity = compare_with_float32(args, path, inputs, stages[-1])
-    text = report(args, path, info, stages, tokens, notes, load_s, api.predictor.instruction, api.precision, fidelity)
+    text = report(args, path, info, {"extraction": {"extract": extraction}, **stages}, comparison, lever_lines, rates, notes, load_s, api.predictor.instruction)
     if args.out is not None:
         write_text(args.out, text)
         log(f"wrote {args.out}")
     else:
         print(text)
-    s = summary(scoring.all_times())
-    print(f"p50_ms={s['p50']:.2f}")
-    print(f"p95_ms={s['p95']:.2f}")
-    print(f"extract_p50_ms={summary(extraction.all_times())['p50']:.2f}")
-    print(f"generate_p50_ms={summary(generation.all_times())['p50']:.2f}")
-    print(f"generate_mean_tokens={np.mean(tokens) if tokens else float('nan'):.2f}")
-    print(f"end_to_end_p50_ms={summary(end_to_end.all_times())['p50']:.2f}")
-    print(f"precision={api.precision}")
-    if fidelity is not None:
-        print(f"float32_p50_ms={summary(stages[-1].all_times())['p50']:.2f}")
-        print(f"float32_class_agreement={fidelity['same_class'] / max(fidelity['n'], 1):.4f}")
+    top = comparison["default"]
+    for measure in ("answer", "scores", "end_to_end"):
+        print(f"{measure}_p50_ms={summary(stages[top][measure].all_times())['p50']:.2f}")
+        print(f"{measure}_p50_ms_float32={summary(stages['fast float32'][measure].all_times())['p50']:.2f}")
+        print(f"{measure}_p50_ms_plain={summary(stages['plain'][measure].all_times())['p50']:.2f}")
+    print(f"both_p50_ms={summary(stages[top]['both'].all_times())['p50']:.2f}")
+    plain, fast = (summary(stages[s]["answer"].all_times())["p50"] for s in ("plain", "fast float32"))
+    print(f"answer_speedup={plain / fast:.2f}")
+    print(f"identical_answers={comparison['identical']}/{comparison['n']}")
+    print(f"max_probability_difference={comparison['max_difference']:.2e}")
+    print(f"default_class_agreement={comparison['agree'][top] / max(comparison['n'], 1):.4f}")
+    for setting in settings[2:]:
+        print(f"{setting.removeprefix('fast ')}_class_agreement={comparison['agree'][setting] / max(comparison['n'], 1):.4f}")
+    for key, value in rates.items():
+        print(f"{key}={value:.2f}")
+    print(f"precision={args.precision}")
     return 0
 
 

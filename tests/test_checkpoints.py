@@ -7,6 +7,7 @@ import pytest
 from tiny_models import TinyEncoder, tiny_llm, tiny_tokenizer
 
 import facephi.model.facephi as facephi_module
+import facephi.model.saving as saving_module
 import facephi.model.llm as llm_module
 from facephi.model.checkpoints import ENCODER, FACEPHI, check_model_dir, checkpoint_type
 from facephi.model.facephi import FacePhiConfig, FacePhiModel
@@ -45,8 +46,9 @@ def no_llm_loading(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a language model was loaded before the folder was checked")
 
-    for module in (facephi_module, llm_module):
+    for module in (facephi_module, saving_module, llm_module):
         monkeypatch.setattr(module, "load_language_model", refuse)
+    for module in (saving_module, llm_module):
         monkeypatch.setattr(module, "load_causal_lm", refuse)
 
 

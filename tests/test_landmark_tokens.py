@@ -66,7 +66,7 @@ def test_fast_paths_equal_the_plain_computation_with_k_tokens(monkeypatch, archi
     plain = model.class_log_likelihoods(points, instructions)
     model.fast_path = True
     monkeypatch.setattr(class_scoring, "SCORE_TOKENS", 1)
-    monkeypatch.setattr(model, "_score_answers", None)  # the tree pass only
+    monkeypatch.setattr(model.scorer, "plain_scores", None)  # the tree pass only
     torch.testing.assert_close(model.class_log_likelihoods(points, instructions), plain, rtol=1e-5, atol=1e-5)
     assert len(model.answer(points, instructions, max_new_tokens=2)) == 3
 

@@ -29,8 +29,11 @@ def test_resolve_precision(monkeypatch):
     assert resolve_precision("auto", "cpu") == "bfloat16"
     monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
     assert resolve_precision("auto", torch.device("cpu")) == "float32"
-    with pytest.raises(FacePhiError, match="precision must be one of auto, float32, bfloat16, got 'fp8'"):
+    with pytest.raises(FacePhiError, match="precision must be one of auto, float32, bfloat16, int8, got 'fp8'"):
         resolve_precision("fp8", "cpu")
+    assert resolve_precision("int8", "cpu") == "int8"
+    with pytest.raises(FacePhiError, match="int8 weights run on the CPU only, not on cuda"):
+        resolve_precision("int8", torch.device("cuda"))
     assert PRECISIONS[0] == "auto"
 
 

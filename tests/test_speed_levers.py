@@ -6,7 +6,7 @@ the trainable parameters' gradients of the plain computation, on tiny models of 
 * the last token of each row (it predicts nothing) is not run; the LM head only at answer positions;
 * padding to the batch's longest sequence (``collate_train``), and on CPU rows in groups of similar
   length (``length_groups``); no autograd through frozen parts;
-* class scoring as one token-tree pass (``_score_tree``, sdpa and eager attention);
+* class scoring as one token-tree pass (``ClassScorer.tree_scores``, sdpa and eager attention);
 * fused AdamW, resumable from a checkpoint of the plain loop and back; 2-process DDP, grad
   accumulation, LoRA, bf16 autocast.
 """
@@ -68,7 +68,7 @@ def test_the_batch_layout_is_split_after_the_shared_prefix(architecture):
     batch = batch_of(model)
     lengths = batch["attention_mask"].sum(1)
     assert len(set(lengths.tolist())) > 1 and lengths.max() == batch["input_ids"].shape[1]  # longest, left padded
-    ids, real, labels = model._split_prefix(batch["input_ids"], batch["attention_mask"], batch["labels"])
+    ids, real, labels = model.prefix.split(batch["input_ids"], batch["attention_mask"], batch["labels"])
     p = len(model.formatter.shared_prefix)
     assert torch.equal(real.sum(1), lengths - p)
     assert ((ids == model.landmark_id).sum(1) == 1).all()  # each rest starts with <landmark>
@@ -152,8 +152,8 @@ def test_frozen_prefix_runs_once_per_run_and_follows_weight_changes(monkeypatch)
     model.set_trainable(1)
     set_train_mode(model)
     calls = []
-    run_prefix = model._run_prefix
-    monkeypatch.setattr(model, "_run_prefix", lambda device: calls.append(1) or run_prefix(device))
+    run_prefix = model.prefix.run
+    monkeypatch.setattr(model.prefix, "run", lambda device: calls.append(1) or run_prefix(device))
     optimizer = torch.optim.AdamW(model.projector.parameters(), lr=1e-2)
     for seed in range(3):  # three training steps: the projector changes, the prefix is reused
         model(**batch_of(model, seed=seed)).loss.backward()
@@ -199,7 +199,7 @@ def test_no_autograd_through_the_frozen_encoder_and_prefix():
     model.encoder.register_forward_hook(lambda module, args, out: seen.append(out.requires_grad))
     loss = model(**batch_of(model)).loss
     assert seen == [False] and loss.requires_grad
-    assert all(not k.requires_grad and not v.requires_grad for k, v in model._prefix_state[1])
+    assert all(not k.requires_grad and not v.requires_grad for k, v in model.prefix.state[1])
 
 
 def test_rows_cut_by_max_length_or_not_left_padded_take_the_plain_path():
@@ -209,10 +209,10 @@ def test_rows_cut_by_max_length_or_not_left_padded_take_the_plain_path():
     p = len(model.formatter.shared_prefix)
     width = int(batch["attention_mask"].sum(1).min()) - p // 2  # every row loses part of the prefix
     cut = {k: v[:, -width:] if k != "points" else v for k, v in batch.items()}
-    assert model._split_prefix(cut["input_ids"], cut["attention_mask"], cut["labels"]) is None
+    assert model.prefix.split(cut["input_ids"], cut["attention_mask"], cut["labels"]) is None
     assert_same(model, cut)
     flipped = {k: v.flip(1) if k != "points" else v for k, v in batch.items()}  # right padding
-    assert model._split_prefix(flipped["input_ids"], flipped["attention_mask"]) is None
+    assert model.prefix.split(flipped["input_ids"], flipped["attention_mask"]) is None
 
 
 def test_autocast_bf16_matches_the_plain_computation():
@@ -221,11 +221,11 @@ def test_autocast_bf16_matches_the_plain_computation():
     set_train_mode(model)
     batch = batch_of(model)
     model(**batch)  # a float32 prefix cache first: autocast must not reuse it
-    float32_keys = model._prefix_state[1][0][0]
+    float32_keys = model.prefix.state[1][0][0]
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert_same(model, batch, rtol=2e-2, atol=2e-2)
-    assert model._prefix_state[0][1:3] == (True, torch.bfloat16)
-    assert not torch.equal(model._prefix_state[1][0][0], float32_keys)  # recomputed in bfloat16
+    assert model.prefix.state[0][1:3] == (True, torch.bfloat16)
+    assert not torch.equal(model.prefix.state[1][0][0], float32_keys)  # recomputed in bfloat16
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
@@ -240,7 +240,7 @@ def test_class_scores_in_one_tree_pass_equal_the_plain_scoring(monkeypatch, arch
     plain = model.class_log_likelihoods(points, instructions, templates)
     model.fast_path = True
     monkeypatch.setattr(class_scoring, "SCORE_TOKENS", 1)  # one face per pass: the grouping is covered too
-    monkeypatch.setattr(model, "_score_answers", None)  # the tree pass only
+    monkeypatch.setattr(model.scorer, "plain_scores", None)  # the tree pass only
     torch.testing.assert_close(model.class_log_likelihoods(points, instructions, templates), plain,
                                rtol=1e-5, atol=1e-5)
 
@@ -251,7 +251,7 @@ def test_scoring_of_prompts_cut_by_max_length_takes_the_plain_path():
     points = torch.randn(3, 478, 3, generator=torch.Generator().manual_seed(3))
     full = model.class_log_likelihoods(points, instructions)
     model.formatter.max_length = len(model.formatter.encode_prompt(INSTRUCTIONS[1])) - 2  # the longest prompt is cut
-    assert model._score_tree(points, instructions, [[model._answer_ids("A b.")] * 8]) is None
+    assert model.scorer.tree_scores(model.prefix, points, instructions, [[model.scorer.answer_ids("A b.")] * 8]) is None
     cut = model.class_log_likelihoods(points, instructions)
     model.fast_path = False
     torch.testing.assert_close(cut, model.class_log_likelihoods(points, instructions), rtol=1e-5, atol=1e-5)

@@ -5,7 +5,8 @@ figures, the same numbers on every machine. ``bfloat16`` halves the weights read
 CPUs with native bfloat16 arithmetic (x86 ``avx512_bf16`` / AMX) or a GPU that has it, scores
 faster (``benchmarks/results/predict_latency.md`` measures by how much, and how often the answers
 then differ from float32's). ``auto`` picks ``bfloat16`` where the hardware has it and ``float32``
-elsewhere. The landmark encoder always stays in float32 (it is small; BatchNorm stays exact).
+elsewhere. ``int8`` (CPU only) answers through a copy of the LLM with int8 linear layers
+(``model/quantize.py``). The landmark encoder always stays in float32 (it is small; BatchNorm stays exact).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 from facephi.utils.errors import FacePhiError
 
-PRECISIONS = ("auto", "float32", "bfloat16")
+PRECISIONS = ("auto", "float32", "bfloat16", "int8")
 """Choices of ``--precision`` (``facephi predict``, ``facephi serve``, ``facephi eval``)."""
 
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -65,12 +66,15 @@ def module_device(module: Any) -> Any:
 
 
 def resolve_precision(name: str, device: Any) -> str:
-    """``name`` (one of :data:`PRECISIONS`) for ``device`` → ``"float32"`` or ``"bfloat16"``."""
+    """``name`` (one of :data:`PRECISIONS`) for ``device`` → ``"float32"``, ``"bfloat16"`` or ``"int8"``
+    (CPU only)."""
     import torch
 
     if name not in PRECISIONS:
         raise FacePhiError(f"precision must be one of {', '.join(PRECISIONS)}, got {name!r}")
     device = torch.device(device)
+    if name == "int8" and device.type != "cpu":
+        raise FacePhiError(f"precision int8: int8 weights run on the CPU only, not on {device} (use bfloat16)")
     if name != "auto":
         return name
     if device.type == "cuda":

@@ -8,8 +8,9 @@ model's likelihood class probabilities when it has ``class_probabilities`` (``sc
 "likelihood"``), else its encoder's own classifier (``"encoder"``). The public API on top of this
 module is :class:`facephi.serve.api.FacePhi`.
 
-A checkpoint is either a FacePhi model (answers in words, from ``FacePhiModel.answer``; the class
-is read from the answer by keyword matching) or a landmark encoder (its own classifier only).
+A checkpoint is either a FacePhi model (answers in words and class probabilities together, from
+``FacePhiModel.answer_and_probabilities``: one shared LLM pass, answers drafted from the trained
+sentences; the class is read from the answer by keyword matching) or a landmark encoder (its own classifier only).
 Which one is decided by the ``config_type`` / ``model_type`` field of its ``config.json``, and the
 folder is checked complete before loading (``facephi.model.checkpoints.check_model_dir``).
 """
@@ -190,16 +191,17 @@ class Predictor:
         device = module_device(self.model)
         points = self.encoder.normalize(raw, sizes).to(device)
         instructions = [self.instruction] * len(raw)
+        answers: list[str | None] = [None] * len(raw)
+        probabilities = None
         with self.lock, torch.inference_mode():
-            if self.scores_from == LIKELIHOOD:
-                probabilities = self.model.class_probabilities(points, instructions).float().cpu().numpy()
-            elif self.scores_from == ENCODER_SCORES:
-                probabilities = torch.softmax(self.encoder.class_logits(points).float(), -1).cpu().numpy()
+            if self.kind == FACEPHI and self.scores_from == LIKELIHOOD:  # one shared pass (fast path)
+                texts, likelihood = self.model.answer_and_probabilities(points, instructions, self.max_new_tokens)
+                answers, probabilities = list(texts), likelihood.float().cpu().numpy()
             else:
-                probabilities = None
-            answers: list[str | None] = [None] * len(raw)
-            if self.kind == FACEPHI:
-                answers = list(self.model.answer(points, instructions, self.max_new_tokens))
+                if self.scores_from == ENCODER_SCORES:
+                    probabilities = torch.softmax(self.encoder.class_logits(points).float(), -1).cpu().numpy()
+                if self.kind == FACEPHI:
+                    answers = list(self.model.answer(points, instructions, self.max_new_tokens))
         out = []
         for row, answer in enumerate(answers):
             classes = CLASSES if self.scores_from == LIKELIHOOD else self.classes
