@@ -219,16 +219,16 @@ def test_class_weights_balanced_and_sqrt():
             class_weights(labels, 4, kind)
 
 
-def test_align_encoder_choices_are_the_pointmlp_presets():
+def test_align_encoder_choices_are_the_registry_presets():
     import dataclasses
 
     from facephi.model.pointmlp import PointMLPConfig
-    from facephi.presets import ENCODERS, POINTMLP_PRESETS
+    from facephi.presets import ENCODERS, LANDMARK_MLP_PRESETS, POINTMLP_PRESETS
     from facephi.train.config import AlignConfig
     from facephi.utils.errors import FacePhiError
 
     choices = next(f for f in dataclasses.fields(AlignConfig) if f.name == "encoder").metadata["choices"]
-    assert ENCODERS == tuple(POINTMLP_PRESETS) == choices
+    assert ENCODERS == tuple(POINTMLP_PRESETS) + tuple(LANDMARK_MLP_PRESETS) == choices
     elite = PointMLPConfig.preset("pointmlp-elite")
     elite.dim_expansion.append(9)  # a preset's lists are the config's own, the registry is untouched
     assert PointMLPConfig.preset("pointmlp-elite").dim_expansion == [2, 2, 2, 1]
