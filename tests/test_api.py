@@ -18,6 +18,7 @@ from PIL import Image
 from facephi.cli import main
 from facephi.labels import CLASSES
 from facephi.scoring.keywords import match_answer
+from facephi.utils.errors import EMPTY_PATH
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "images"
 TOKENS = "4"  # --max-new-tokens of the tiny model in these tests
@@ -229,8 +230,7 @@ def test_api_refuses_or_reports_bad_input_in_one_line(media, api, tmp_path):
             api.predict(face, image_size=size)
     with pytest.raises(FacePhiError, match="image_size must be two numbers"):
         api.predict(face, image_size=(5,))
-    with pytest.raises(FacePhiError, match="an empty path"):
-        api.predict("")
+    assert api.predict("") == [{"input": "", "error": EMPTY_PATH}]  # an error row, never the working directory
 
 
 @pytest.mark.parametrize("setting", [{"batch_size": 0}, {"batch_size": -1}, {"max_new_tokens": 0}, {"threads": 0},

@@ -266,21 +266,7 @@ def test_upload_limit_is_checked_while_receiving(fake):
         received += 1
         return {"type": "http.request", "body": b"\xff" * 300, "more_body": received < 1000}
 
-    async def run():
-        sent = []
-
-        async def send(message):
-            sent.append(message)
-
-        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-                 "scheme": "http", "path": "/predict", "raw_path": b"/predict", "query_string": b"", "root_path": "",
-                 "headers": [(b"host", b"testserver"), (b"content-type", b"image/jpeg"),
-                             (b"transfer-encoding", b"chunked")],
-                 "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 80)}
-        await app(scope, receive, send)
-        return sent
-
-    sent = asyncio.run(run())
+    sent = post_asgi(app, receive, [(b"transfer-encoding", b"chunked")])
     assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 413
     assert received == 4  # 4 x 300 bytes > 1000: 1.2 KB of the 300 KB read
     assert fake.calls == 0
@@ -296,20 +282,7 @@ def test_a_body_that_arrives_too_slowly_is_408(fake):
         await asyncio.sleep(0.1)
         return {"type": "http.request", "body": b"\xff" * 10, "more_body": received < 100}
 
-    async def run():
-        sent = []
-
-        async def send(message):
-            sent.append(message)
-
-        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-                 "scheme": "http", "path": "/predict", "raw_path": b"/predict", "query_string": b"", "root_path": "",
-                 "headers": [(b"host", b"testserver"), (b"content-type", b"image/jpeg")],
-                 "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 80)}
-        await app(scope, receive, send)
-        return sent
-
-    sent = asyncio.run(run())
+    sent = post_asgi(app, receive)
     assert sent[0]["status"] == 408 and b"did not arrive within 0.3 s" in sent[1]["body"]
     assert received < 10 and fake.calls == 0 and fake.decodes == 0
 
@@ -767,3 +740,18 @@ def test_short_loopback_load_test():
     assert result["ok"] >= 10 and result["errors"] == {}
     assert result["mixed"] == 0 and result["overlapping_model_calls"] == 0
     assert 0 < result["p50_ms"] <= result["p95_ms"]
+
+
+def post_asgi(app, receive, extra_headers=()) -> list[dict]:
+    """POST an image/jpeg body to ``/predict`` straight through the ASGI app; the messages it sent."""
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": "/predict", "raw_path": b"/predict", "query_string": b"", "root_path": "",
+             "headers": [(b"host", b"testserver"), (b"content-type", b"image/jpeg"), *extra_headers],
+             "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 80)}
+    asyncio.run(app(scope, receive, send))
+    return sent

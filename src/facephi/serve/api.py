@@ -261,8 +261,6 @@ class FacePhi:
     # ------------------------------------------------------------------------- inputs
     def _inputs(self, item: Item, all_faces: bool, image_size: tuple[float, float] | None,
                 fps: float) -> Iterator[LandmarkInput]:
-        if isinstance(item, str) and not item.strip():
-            raise FacePhiError("an empty path was given: name an image, folder or file")
         if isinstance(item, (str, Path)):
             yield from iter_inputs([item], image_size, self._mesher, all_faces, fps)
         elif isinstance(item, (bytes, bytearray, memoryview)):
