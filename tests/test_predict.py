@@ -61,9 +61,9 @@ def test_degenerate_faces_are_input_errors_and_the_others_are_answered(encoder_d
     results = Predictor.from_pretrained(encoder_dir).predict(
         [tmp_path / "good.npy", tmp_path / "zero.npy", tmp_path / "two.npy"])
     assert [r.ok for r in results] == [True, False, False, True]
-    assert results[0].predicted in CLASSES and results[3].predicted in CLASSES
-    assert "all landmarks are zero" in results[1].error and results[1].predicted is None
-    assert "collapsed to a line" in results[2].error and results[2].probabilities is None
+    assert results[0].predicted_class in CLASSES and results[3].predicted_class in CLASSES
+    assert "all landmarks are zero" in results[1].error and results[1].predicted_class is None
+    assert "collapsed to a line" in results[2].error and results[2].scores is None
 
     from test_evaluate import write_landmark_folder
 
@@ -107,12 +107,12 @@ def test_encoder_checkpoint_predicts_classes(encoder_dir, tmp_path):
     results = predictor.predict_inputs(inputs)
     assert [r.ok for r in results] == [True, True, True, False] and results[3].error == "boom"
     for result in results[:3]:
-        assert result.answer is None and set(result.probabilities) == set(CLASSES)
-        assert sum(result.probabilities.values()) == pytest.approx(1, abs=1e-3)
-        assert result.predicted == max(result.probabilities, key=result.probabilities.get)
+        assert result.answer is None and set(result.scores) == set(CLASSES)
+        assert sum(result.scores.values()) == pytest.approx(1, abs=1e-3)
+        assert result.predicted_class == max(result.scores, key=result.scores.get)
     # the batch split does not change the result
     alone = Predictor.from_pretrained(encoder_dir, batch_size=1).predict_inputs(inputs[:3])
-    assert [r.probabilities for r in alone] == [r.probabilities for r in results[:3]]
+    assert [r.scores for r in alone] == [r.scores for r in results[:3]]
 
 
 class AnsweringModel(torch.nn.Module):
@@ -141,12 +141,12 @@ def test_facephi_answers_are_keyword_matched(encoder_dir):
     expected_points = encoder.normalize(raw, np.array([i.size for i in inputs], np.float32))
     assert torch.equal(points, expected_points) and instructions == ["Which emotion?"] * 3 and max_new_tokens == 7
     # the class is the first one named in the answer; none when no class is named
-    assert (anger.predicted, unknown.predicted, contempt.predicted) == ("anger", None, "contempt")
+    assert (anger.predicted_class, unknown.predicted_class, contempt.predicted_class) == ("anger", None, "contempt")
     assert unknown.ok and unknown.answer == "I don't know."
     # without class_probabilities (likelihood scoring) the probabilities are the encoder's own classifier's
     assert predictor.scores_from == "encoder" and anger.scores_from == "encoder" and anger.to_dict()["scores_from"] == "encoder"
     encoder_only = Predictor(encoder, ENCODER).predict_inputs(inputs)
-    assert [r.probabilities for r in (anger, unknown, contempt)] == [r.probabilities for r in encoder_only]
+    assert [r.scores for r in (anger, unknown, contempt)] == [r.scores for r in encoder_only]
 
 
 def test_checkpoint_type_errors(tmp_path):

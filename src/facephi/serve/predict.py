@@ -74,19 +74,6 @@ class Prediction:
     def ok(self) -> bool:
         return self.error is None
 
-    # names of the first version of this class
-    @property
-    def source(self) -> str:
-        return self.input
-
-    @property
-    def predicted(self) -> str | None:
-        return self.predicted_class
-
-    @property
-    def probabilities(self) -> dict[str, float] | None:
-        return self.scores
-
     def to_dict(self) -> dict[str, Any]:
         """``input``, ``answer``, ``predicted_class``, ``scores``, ``scores_from`` (always, possibly
         null), then whichever of ``faces``, ``face``, ``box``, ``frame``, ``time_s``, ``label``,
