@@ -132,6 +132,28 @@ def test_drafts_are_best_first_within_budget_and_depth():
     assert trie.draft(None, 10, 10, [1.0] * 3) == [] and trie.step(trie.step(0, 1), 9) is None
 
 
+def test_answers_off_the_trie_are_drafted_from_the_longest_suffix_the_trained_sentences_hold():
+    trie = AnswerTrie([([1, 2, 3, 4], 0), ([5, 2, 3, 6], 1), ([7, 3, 8], 2)], 3)
+    assert trie.draft_after(None, [9, 2, 3], 10, 10, [1.0] * 3) == [(4, -1, 1), (6, -1, 1)]  # [2, 3], not [3]
+    assert trie.draft_after(None, [9, 2, 3], 10, 10, [0.0, 1.0, 0.0]) == [(6, -1, 1), (4, -1, 1)]
+    assert trie.draft_after(None, [9, 3], 10, 10, [1.0] * 3) == [(4, -1, 1), (6, -1, 1), (8, -1, 1)]
+    assert trie.draft_after(None, [9, 1], 10, 2, [1.0] * 3) == [(2, -1, 1), (3, 0, 2)]  # depth 2
+    assert trie.draft_after(None, [9], 10, 10, [1.0] * 3) == [] and trie.draft_after(None, [4], 10, 10, [1.0] * 3) == []
+    assert trie.draft_after(0, [], 1, 10, [1.0] * 3) == trie.draft(0, 1, 10, [1.0] * 3)  # on the trie: as before
+
+
+def test_an_answer_that_leaves_the_trie_takes_few_passes_and_stays_greedy():
+    """The trie's one sentence starts elsewhere and holds the greedy answer from its third token on:
+    three tokens one by one, then the rest drafted from the sentence in one pass."""
+    model = model_of("llama", 1)
+    points = faces(1)
+    tokens = greedy_tokens(model, points, ASKED[:1])[0]
+    assert len(tokens) >= 6
+    model.decoder().trie = AnswerTrie([([t + 1 for t in tokens[:3]] + tokens[2:], 0)], len(CLASSES))
+    assert model.answer(points, ASKED[:1], NEW_TOKENS) == plain_answers(model, points, ASKED[:1])
+    assert model.decoder().passes <= 5 < len(tokens)
+
+
 def test_generate_and_answer_leave_a_frozen_llm_in_eval_mode():
     """Mid-training (stage 1: projector in train mode, the frozen LLM in eval mode) answering gives
     each module its own mode back; it used to switch the whole model, the LLM too, to train mode."""

@@ -8,7 +8,10 @@ trie allows after the tokens decided so far, as a token tree (``model/tree.py``)
 classes first (class probabilities of the same pass's scoring, when asked). The greedy token at
 each drafted token is read from the pass; the draft is accepted as far as it equals what greedy
 decoding would have produced, plus the greedy token after it: the output equals greedy decoding
-by construction. An answer that leaves the trie continues token by token. With class scoring, the
+by construction. An answer that leaves the trie (the model mixes pieces of several trained
+sentences) is drafted from the trained sentences where they hold the longest suffix of its tokens
+decided so far (prompt-lookup drafting), and decoded token by token only where no sentence holds
+even its last token. With class scoring, the
 first pass is also the scoring pass (the class answers of the scored templates are the first
 draft): one forward serves both.
 """
@@ -34,13 +37,24 @@ DRAFT_MIN = 4
 """Drafted tokens per face and pass, at least."""
 
 
-class AnswerTrie:
-    """Token trie of answers (their tokens without [EOS]), each counted for its class."""
+SUFFIX_MATCH = 8
+"""Longest suffix of an answer's decided tokens looked up in the trained sentences (off the trie)."""
 
-    def __init__(self, answers: list[tuple[list[int], int]], n_classes: int) -> None:
+
+class AnswerTrie:
+    """Token trie of answers (their tokens without [EOS]), each counted for its class, and an index of
+    their n-grams (n ≤ ``SUFFIX_MATCH``) for drafting answers that left the trie."""
+
+    def __init__(self, answers: list[tuple[list[int], int]], n_classes: int, index: bool = True) -> None:
+        self.n_classes = n_classes
         self.children: list[dict[int, int]] = [{}]
         self.counts: list[list[int]] = [[0] * n_classes]
+        self.ngrams: dict[tuple[int, ...], list[tuple[list[int], int, int]]] = {}
+        """n-gram -> (answer tokens, position after the n-gram, class) of each of its occurrences."""
         for tokens, label in answers:
+            for end in range(1, len(tokens)) if index else ():  # an n-gram ending an answer drafts nothing
+                for n in range(1, min(SUFFIX_MATCH, end) + 1):
+                    self.ngrams.setdefault(tuple(tokens[end - n:end]), []).append((tokens, end, label))
             node = 0
             self.counts[0][label] += 1
             for token in tokens:
@@ -54,6 +68,19 @@ class AnswerTrie:
     def step(self, node: int | None, token: int) -> int | None:
         """The node after ``token`` (None: off the trie)."""
         return None if node is None else self.children[node].get(token)
+
+    def draft_after(self, node: int | None, decided: list[int], budget: int, depth: int,
+                    weights: list[float]) -> list[tuple[int, int, int]]:
+        """``draft`` below ``node`` while the answer is on the trie; off it, the same from a trie of the
+        continuations of every trained answer that holds the longest suffix of ``decided`` found."""
+        if node is not None:
+            return self.draft(node, budget, depth, weights)
+        for n in range(min(SUFFIX_MATCH, len(decided)), 0, -1):
+            found = self.ngrams.get(tuple(decided[-n:]))
+            if found:
+                rests = [(tokens[end:end + depth], label) for tokens, end, label in found]
+                return AnswerTrie(rests, self.n_classes, index=False).draft(0, budget, depth, weights)
+        return []
 
     def draft(self, node: int | None, budget: int, depth: int, weights: list[float]) -> list[tuple[int, int, int]]:
         """Up to ``budget`` trie tokens below ``node``, at most ``depth`` deep, best first by the summed
@@ -115,7 +142,7 @@ class TemplateDecoder:
         if not answers:  # the first draft from the trie itself
             budget = min(self.draft_tokens, max(DRAFT_MIN, self.draft_tokens // len(rows)))
             for row, tree, last in zip(rows, layout.rows, layout.prompt_last):
-                self._add_draft(tree, last, row, [1.0] * len(self.trie.counts[0]), max_new_tokens, budget)
+                self._add_draft(tree, last, row, [1.0] * self.trie.n_classes, max_new_tokens, budget)
         kv = prefix.kv(device)
         states, cache, real = self.scorer.run_tree(prefix, layout.rows, points, kv)
         self.passes = 1
@@ -129,7 +156,7 @@ class TemplateDecoder:
                 visible[b, column] = True
         past = torch.cat([torch.ones(len(rows), p, dtype=torch.bool, device=device), visible], 1)
         weights = (scores.softmax(-1).mean(1).tolist() if answers
-                   else [[1.0] * len(self.trie.counts[0])] * len(rows))
+                   else [[1.0] * self.trie.n_classes] * len(rows))
         active = list(range(len(rows)))
         while True:
             keep = [i for i, b in enumerate(active) if not rows[b].done]
@@ -166,8 +193,8 @@ class TemplateDecoder:
         """Up to ``budget`` of the trie's continuations after ``row``'s tokens, below column ``root``."""
         base = tree.positions[root]
         columns: list[int] = []
-        for token, parent, level in self.trie.draft(row.node, budget,
-                                                    max_new_tokens - len(row.tokens), weights):
+        for token, parent, level in self.trie.draft_after(row.node, row.tokens, budget,
+                                                          max_new_tokens - len(row.tokens), weights):
             columns.append(tree.add(token, root if parent < 0 else columns[parent], base + level))
 
     def _walk(self, row: Row, tree: TokenTree, column: int, b: int, greedy: dict[tuple[int, int], int],
