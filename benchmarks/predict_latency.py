@@ -282,6 +282,8 @@ def levers(api: Any, inputs: list[Input], args: argparse.Namespace) -> list[str]
     """Each lever alone on the first faces (float32 unless said): its p50 in ms."""
     import torch
 
+    from facephi.model.decoding import SUFFIX_MATCH
+
     model, encoder, instruction = api.predictor.model, api.predictor.encoder, api.predictor.instruction
     usable = [item for item in inputs if item.raw is not None][:20]
     points = [encoder.normalize(i.raw[None], np.asarray([i.size], dtype=np.float32)) for i in usable]
@@ -305,8 +307,14 @@ def levers(api: Any, inputs: list[Input], args: argparse.Namespace) -> list[str]
         ms = p50(lambda p: model.answer(p, [instruction], args.max_new_tokens))
         lines.append(f"answer token by token from the prefix cache (drafts off), LoRA merged: {ms:.1f} ms")
         decoder.draft_tokens = budget
+        decoder.trie.suffix_match = 0
         ms = p50(lambda p: model.answer(p, [instruction], args.max_new_tokens))
-        lines.append(f"answer with template drafts ({budget} drafted tokens per pass): {ms:.1f} ms")
+        lines.append(f"answer with template drafts from the trie only ({budget} drafted tokens per pass; "
+                     f"an answer off the trie token by token): {ms:.1f} ms")
+        decoder.trie.suffix_match = SUFFIX_MATCH
+        ms = p50(lambda p: model.answer(p, [instruction], args.max_new_tokens))
+        lines.append(f"answer with template drafts, off the trie from the trained sentences holding its last "
+                     f"{SUFFIX_MATCH} tokens or fewer (kept): {ms:.1f} ms")
         ms = p50(lambda p: (model.answer(p, [instruction], args.max_new_tokens),
                             model.class_probabilities(p, [instruction])))
         lines.append(f"answer, then class probabilities (two computations): {ms:.1f} ms")

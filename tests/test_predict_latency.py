@@ -60,7 +60,8 @@ def test_predict_latency_compares_plain_and_fast_paths(tmp_path, capsys):
         assert table[(setting, "image", "photos")] == 2  # end to end: the photos (no raw FER+ image here)
     assert table[("extraction", "image", "photos")] == 2
     assert "identical answers 7/7" in text and "raw FER+ images" in text and str(model) in text
-    assert re.search(r"answer with template drafts \(\d+ drafted tokens per pass\): \d+\.\d ms", text)
+    assert re.search(r"answer with template drafts from the trie only \(\d+ drafted tokens per pass; .*\): \d+\.\d ms", text)
+    assert re.search(r"answer with template drafts, off the trie from the trained sentences .*\(kept\): \d+\.\d ms", text)
     assert "video_faces_per_s_after=" in text and "the 2 photos, 2 s each" in text
 
 

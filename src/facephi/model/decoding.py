@@ -46,7 +46,7 @@ class AnswerTrie:
     their n-grams (n ≤ ``SUFFIX_MATCH``) for drafting answers that left the trie."""
 
     def __init__(self, answers: list[tuple[list[int], int]], n_classes: int, index: bool = True) -> None:
-        self.n_classes = n_classes
+        self.n_classes, self.suffix_match = n_classes, SUFFIX_MATCH
         self.children: list[dict[int, int]] = [{}]
         self.counts: list[list[int]] = [[0] * n_classes]
         self.ngrams: dict[tuple[int, ...], list[tuple[list[int], int, int]]] = {}
@@ -75,7 +75,7 @@ class AnswerTrie:
         continuations of every trained answer that holds the longest suffix of ``decided`` found."""
         if node is not None:
             return self.draft(node, budget, depth, weights)
-        for n in range(min(SUFFIX_MATCH, len(decided)), 0, -1):
+        for n in range(min(self.suffix_match, len(decided)), 0, -1):
             found = self.ngrams.get(tuple(decided[-n:]))
             if found:
                 rests = [(tokens[end:end + depth], label) for tokens, end, label in found]
