@@ -50,6 +50,9 @@ def run(args: argparse.Namespace) -> int:
     if kind == ENCODER and config.prior != "uniform":
         raise FacePhiError(f"--prior {config.prior}: applies to a FacePhi model's class scoring, "
                            f"{config.model} is a landmark encoder")
+    if kind == ENCODER and config.answer_prior_tau is not None:
+        raise FacePhiError(f"--answer-prior-tau: applies to a FacePhi model's answers, {config.model} is a landmark "
+                           "encoder")
     if not config.data.exists():
         raise FacePhiError(f"{config.data}: not found (--data)")
     data = LandmarkSet.load(config.data)
@@ -75,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
 
         model = FacePhiModel.from_pretrained(config.model).to(device)
         common["settings"]["precision"] = model.set_precision(config.precision)
+        if config.answer_prior_tau is not None:
+            model.answer_prior.set_tau(config.answer_prior_tau)
         result = evaluate_model(model, data, config.split, batch_size=config.batch_size,
                                 max_new_tokens=config.max_new_tokens, instruction_policy=config.instructions,
                                 instruction=config.instruction, mode=config.mode,

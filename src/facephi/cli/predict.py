@@ -99,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
         check_writable_dir(config.plot_dir, "--plot-dir")
     model = FacePhi.from_pretrained(config.model, device=device, threads=config.threads,
                                     instruction=config.instruction, max_new_tokens=config.max_new_tokens,
-                                    batch_size=config.batch_size, precision=config.precision, flag="--model")
+                                    batch_size=config.batch_size, precision=config.precision, flag="--model",
+                                    answer_prior_tau=config.answer_prior_tau)
 
     def emit(row: dict[str, Any]) -> None:
         if config.json:

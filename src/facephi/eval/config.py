@@ -14,6 +14,9 @@ INSTRUCTION_POLICIES = ("random", "first")
 EVAL_MODES = ("generate", "score", "both")
 MAX_NEW_TOKENS = 512
 """Upper bound of ``max_new_tokens`` everywhere: the paper's answers are about 20 tokens."""
+ANSWER_PRIOR_HELP = ("the class prior of the model's training data (its config.json answer_prior) divided out of "
+                     "the answers and class probabilities at this strength: argmax log p - TAU * log prior (0: the "
+                     "LLM's own answers; default: the model's answer_prior_tau)")
 
 
 @dataclass
@@ -61,6 +64,8 @@ class EvalConfig(Config):
                                                  "default: --data, when it has a train split apart from the one evaluated)")
     prior_tau: float = setting(1.0, min=0, max=10, help="strength of the prior correction: p / prior^tau (1 divides "
                                                         "the prior out entirely, 0 changes nothing)")
+
+    answer_prior_tau: float | None = setting(None, min=0, max=10, metavar="TAU", help=ANSWER_PRIOR_HELP)
 
     overwrite: bool = setting(False, help="replace a finished evaluation in --out made with other settings "
                                           "(one with the same settings and the same model and data content is "

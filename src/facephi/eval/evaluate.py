@@ -64,6 +64,7 @@ from facephi.eval.no_face import PhotosWithoutFace, photos_without_face
 from facephi.eval.runner import run_evaluation
 from facephi.labels import CLASSES
 from facephi.landmarks.store import SPLIT_SEED
+from facephi.model.class_scoring import class_probabilities
 from facephi.model.precision import module_device
 from facephi.utils.errors import FacePhiError
 from facephi.eval.results import (  # noqa: F401 - EvalResult and read_prior: part of this module's API
@@ -202,7 +203,7 @@ def evaluate_model(
                 scores = model.class_log_likelihoods(points.to(device), texts, templates=score_templates)
             if tuple(scores.shape) != (len(batch), len(CLASSES)):
                 raise RuntimeError(f"class_log_likelihoods returned shape {tuple(scores.shape)} for {len(batch)} prompts")
-            probabilities = torch.softmax(scores.detach().double().cpu(), dim=-1).numpy()
+            probabilities = class_probabilities(scores.detach().double().cpu(), model.answer_prior.weights()).numpy()
             for record, probs in zip(records, probabilities):
                 scored = int(probs.argmax())
                 if mode == "score":

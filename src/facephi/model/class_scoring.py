@@ -34,6 +34,9 @@ the repeated key/value cache (templates are scored in groups that fit)."""
 HEAD_ROWS = 256
 """States per LM-head call when reading a tree's columns (bounds the [rows, vocabulary] logits)."""
 
+TokenBias = tuple[list[int], list[float]]
+"""(token ids, numbers added to their logits before the greedy argmax): ``model/answer_prior.py``."""
+
 Embed = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``embed(input_ids, points)``: token embeddings with the landmark features in place."""
 
@@ -76,19 +79,21 @@ class ScoreTree:
 
 
 def read_columns(prefix: SharedPrefix, states: torch.Tensor, cells: torch.Tensor, term_cell: torch.Tensor,
-                 term_target: torch.Tensor, suppressed: list[int] | None = None
+                 term_target: torch.Tensor, suppressed: list[int] | None = None, bias: TokenBias | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One LM-head pass over the states at ``cells`` [U, 2] (row, column): the log-probabilities of the
     targets ``term_target`` [N] predicted by ``cells[term_cell]``, and with ``suppressed`` (token ids
-    never chosen) each cell's greedy token (argmax of its logits, the first on a tie)."""
+    never chosen) each cell's greedy token (argmax of its logits plus ``bias``, the first on a tie)."""
     log_probs = torch.zeros(len(term_cell), dtype=torch.float32, device=states.device)
     greedy = None if suppressed is None else torch.zeros(len(cells), dtype=torch.long, device=states.device)
     for first in range(0, len(cells), HEAD_ROWS):
         last = min(first + HEAD_ROWS, len(cells))
         logits = prefix.logits(states[cells[first:last, 0], cells[first:last, 1]])
         if greedy is not None:
-            greedy[first:last] = logits.index_fill(1, torch.tensor(suppressed, device=logits.device,
-                                                                    dtype=torch.long), -math.inf).argmax(-1)
+            chosen = logits.index_fill(1, torch.tensor(suppressed, device=logits.device, dtype=torch.long), -math.inf)
+            if bias is not None:
+                chosen[:, bias[0]] += torch.tensor(bias[1], dtype=chosen.dtype, device=chosen.device)
+            greedy[first:last] = chosen.argmax(-1)
         here = (term_cell >= first) & (term_cell < last)
         if bool(here.any()):
             log_probs[here] = logits.log_softmax(-1)[term_cell[here] - first, term_target[here]]
@@ -161,11 +166,11 @@ class ClassScorer:
 
     @staticmethod
     def tree_totals(prefix: SharedPrefix, layout: ScoreTree, states: torch.Tensor, n_templates: int,
-                    extra: list[tuple[int, int]] = (), suppressed: list[int] | None = None
-                    ) -> tuple[torch.Tensor, dict[tuple[int, int], int]]:
+                    extra: list[tuple[int, int]] = (), suppressed: list[int] | None = None,
+                    bias: TokenBias | None = None) -> tuple[torch.Tensor, dict[tuple[int, int], int]]:
         """Summed log-probabilities ``[B, T, 8]`` of ``layout``'s answers from ``states``; with
-        ``suppressed``, also the greedy token of each predicting cell and of the ``extra`` cells:
-        ``{(row, column): token}``."""
+        ``suppressed`` (and ``bias``), also the greedy token of each predicting cell and of the ``extra``
+        cells: ``{(row, column): token}``."""
         device = states.device
         cells: dict[tuple[int, int], int] = {}
         for row, column, *_ in layout.terms:
@@ -176,7 +181,7 @@ class ClassScorer:
         terms = torch.tensor(layout.terms, dtype=torch.long, device=device).view(-1, 5)
         term_cell = torch.tensor([cells[(row, column)] for row, column, *_ in layout.terms], dtype=torch.long,
                                  device=device)
-        log_probs, greedy = read_columns(prefix, states, index, term_cell, terms[:, 2], suppressed)
+        log_probs, greedy = read_columns(prefix, states, index, term_cell, terms[:, 2], suppressed, bias)
         total = torch.zeros(len(layout.rows), n_templates, len(CLASSES), dtype=torch.float32, device=device)
         total.index_put_((terms[:, 0], terms[:, 3], terms[:, 4]), log_probs, accumulate=True)
         chosen = {} if greedy is None else dict(zip(cells, greedy.tolist()))
@@ -278,8 +283,8 @@ def class_probabilities(scores: torch.Tensor, prior: Any = None) -> torch.Tensor
     """Softmax over the classes of ``scores`` [B, 8], after logit adjustment by ``prior`` (see
     ``FacePhiModel.class_probabilities``)."""
     if prior is not None:
-        prior = torch.as_tensor(prior, dtype=scores.dtype).to(scores.device)
+        prior = torch.as_tensor(prior, dtype=torch.float64).cpu()  # float64: tiny priors (prior ** tau) stay > 0
         if prior.shape != (len(CLASSES),) or not bool(torch.isfinite(prior).all() and (prior > 0).all()):
             raise FacePhiError(f"prior: need {len(CLASSES)} finite positive numbers, got {prior.tolist()}")
-        scores = scores - prior.log()
+        scores = scores - prior.log().to(device=scores.device, dtype=scores.dtype)
     return torch.softmax(scores, dim=-1)

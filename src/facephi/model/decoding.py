@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from facephi.model.class_scoring import ClassScorer, ScoreTree, read_columns
+from facephi.model.class_scoring import ClassScorer, ScoreTree, TokenBias, read_columns
 from facephi.model.prefix import SharedPrefix
 from facephi.model.tree import TokenTree, pack
 
@@ -121,12 +121,12 @@ class Row:
 class TemplateDecoder:
     """Greedy decoding with drafts from ``trie`` (see the module docstring); ``scorer`` gives the
     prompt layout and embeddings, ``eos_id`` ends an answer, ``suppressed`` tokens are never chosen
-    (as ``generate``'s ``suppress_tokens``)."""
+    (as ``generate``'s ``suppress_tokens``), ``bias`` is added to the logits (its ``sequence_bias``)."""
 
     def __init__(self, scorer: ClassScorer, trie: AnswerTrie, eos_id: int, suppressed: list[int],
-                 draft_tokens: int = DRAFT_TOKENS) -> None:
+                 draft_tokens: int = DRAFT_TOKENS, bias: TokenBias | None = None) -> None:
         self.scorer, self.trie, self.eos_id = scorer, trie, eos_id
-        self.suppressed, self.draft_tokens = suppressed, draft_tokens
+        self.suppressed, self.draft_tokens, self.bias = suppressed, draft_tokens, bias
         self.passes = 0
         """LLM passes of the last ``decode`` (for tests and benchmarks)."""
 
@@ -148,7 +148,8 @@ class TemplateDecoder:
         self.passes = 1
         extra = [(b, c) for b, (tree, last) in enumerate(zip(layout.rows, layout.prompt_last))
                  for c in range(last, len(tree))]
-        scores, greedy = ClassScorer.tree_totals(prefix, layout, states, len(answers or []), extra, self.suppressed)
+        scores, greedy = ClassScorer.tree_totals(prefix, layout, states, len(answers or []), extra, self.suppressed,
+                                                 self.bias)
         visible = torch.zeros_like(real)
         for b, (row, tree, last) in enumerate(zip(rows, layout.rows, layout.prompt_last)):
             visible[b, :last + 1] = True
@@ -178,7 +179,8 @@ class TemplateDecoder:
             self.passes += 1
             cells = [(i, c) for i, tree in enumerate(trees) for c in range(len(tree))]
             none = torch.zeros(0, dtype=torch.long, device=device)
-            _, tokens = read_columns(prefix, states, torch.tensor(cells, device=device), none, none, self.suppressed)
+            _, tokens = read_columns(prefix, states, torch.tensor(cells, device=device), none, none, self.suppressed,
+                                     self.bias)
             greedy = dict(zip(cells, tokens.tolist()))
             visible = torch.zeros_like(real)
             for i, (b, tree) in enumerate(zip(active, trees)):

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from facephi.data.instruction import IGNORE_INDEX, PromptFormatter, prepare_tokenizer
+from facephi.model.answer_prior import AnswerPrior, sequence_bias
 from facephi.model.class_scoring import ClassScorer, class_probabilities, reduce_templates
 from facephi.model.decoding import AnswerTrie, TemplateDecoder, plain_greedy
 from facephi.model.embeddings import resize_embeddings
@@ -63,6 +64,8 @@ class FacePhiModel(nn.Module):
         self.formatter = PromptFormatter(tokenizer, config.max_length, config.projector.tokens)
         self.prefix = SharedPrefix(llm, self.formatter, config)
         self.scorer = ClassScorer(self.formatter, self.embed)
+        self.answer_prior = AnswerPrior(config, self.scorer)
+        """The class prior divided out of answers and probabilities (``model/answer_prior.py``)."""
         self.int8 = False
         """Answer through an int8 copy of the LLM (``set_precision("int8")``)."""
         self._answering_copy: tuple[Any, SharedPrefix] | None = None  # (key, prefix of answering_prefix's copy)
@@ -290,7 +293,8 @@ class FacePhiModel(nn.Module):
 
         tokenizer = self.tokenizer
         config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
-                                  eos_token_id=tokenizer.eos_token_id, suppress_tokens=self.suppressed_tokens())
+                                  eos_token_id=tokenizer.eos_token_id, suppress_tokens=self.suppressed_tokens(),
+                                  sequence_bias=sequence_bias(self.answer_prior.bias()))
         config.update(**generate_kwargs)
         with self._answering():
             new_tokens = self.llm.generate(inputs_embeds=self.embed(input_ids, points), attention_mask=attention_mask,
@@ -310,6 +314,7 @@ class FacePhiModel(nn.Module):
         answering's first pass."""
         answers = self.scorer.answers(templates)
         texts, scores = self._answer(points, instructions, max_new_tokens, answers)
+        prior = self.answer_prior.weights() if prior is None else prior
         return texts, class_probabilities(reduce_templates(scores), prior)
 
     def _answer(self, points: Any, instructions: list[str], max_new_tokens: int,
@@ -336,12 +341,14 @@ class FacePhiModel(nn.Module):
         return texts, scores
 
     def decoder(self) -> TemplateDecoder:
-        """The template-drafted greedy decoder (its trie: the 80 trained answers)."""
+        """The template-drafted greedy decoder (its trie: the 80 trained answers; the answer prior's bias)."""
         if self._decoder is None:
             trie = AnswerTrie([(seq[:-1], k) for per_class in self.scorer.answers("all")
                                for k, seq in enumerate(per_class)], len(self.scorer.answers()[0]))
             self._decoder = TemplateDecoder(self.scorer, trie, self.tokenizer.eos_token_id, self.suppressed_tokens())
+        self._decoder.bias = self.answer_prior.bias()
         return self._decoder
+
 
     # ------------------------------------------------------------------ class scoring
     def class_log_likelihoods(self, points: torch.Tensor, instructions: list[str],
@@ -365,9 +372,11 @@ class FacePhiModel(nn.Module):
         """Softmax over the classes of ``class_log_likelihoods`` -> ``[B, 8]`` (rows sum to 1).
 
         ``prior`` (8 positive numbers, e.g. class frequencies; need not sum to 1): logit adjustment,
-        the scores minus ``log(prior)`` before the softmax (``p_k / pi_k / sum_j p_j / pi_j``).
+        the scores minus ``log(prior)`` before the softmax (``p_k / pi_k / sum_j p_j / pi_j``); None:
+        the model's answer prior (``answer_prior.weights()``, none when its τ is 0).
         """
-        return class_probabilities(self.class_log_likelihoods(points, instructions, templates), prior)
+        scores = self.class_log_likelihoods(points, instructions, templates)
+        return class_probabilities(scores, self.answer_prior.weights() if prior is None else prior)
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, directory: str | os.PathLike[str], save_llm: bool | None = None,

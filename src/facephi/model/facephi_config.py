@@ -35,6 +35,11 @@ class FacePhiConfig(Config):
     """"base" (LLM as shipped), "full" (fine-tuned) or "lora" (base + adapter)."""
     lora: dict[str, Any] | None = None
     answer_only_head: bool = True
+    answer_prior: list[float] | None = None
+    """Class frequencies (``CLASSES`` order) of the LLM's training data, divided out of the answers and
+    class probabilities with strength ``answer_prior_tau`` (``model/answer_prior.py``)."""
+    answer_prior_tau: float = 0.0
+    """τ of the answer prior: argmax log p − τ · log prior (0: the LLM's own answers)."""
 
     config_type: ClassVar[str] = CONFIG_TYPE
 
