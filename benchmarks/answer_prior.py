@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     chosen = choose(rows)
     command = (f"python benchmarks/answer_prior.py --model {args.model} --prior-from {args.prior_from} --taus "
-               + " ".join(f"{t:g}" for t in args.taus) + (f" --out {args.out}" if args.out else ""))
+               + " ".join(f"{t:g}" for t in args.taus) + (f" --out {args.out}" if args.out else "") + (f" --ship {args.ship}" if args.ship else ""))
     text = markdown(rows, chosen, prior, command)
     print(text)
     if args.out is not None:

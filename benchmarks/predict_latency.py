@@ -459,6 +459,46 @@ def report(args: argparse.Namespace, model: Path, info: dict[str, Any], stages: 
     return "\n".join(lines) + "\n"
 
 
+def figure_lines(stages: dict[str, dict[str, Stage]], comparison: dict[str, Any], rates: dict[str, float],
+                 settings: tuple[str, ...], precision: str) -> list[str]:
+    """The issue's ``name=value`` lines: timings of the default precision with float32 and plain beside
+    them, the exactness figures, each precision's class agreement and the throughputs."""
+    def p50(setting: str, measure: str) -> float:
+        return summary(stages[setting][measure].all_times())["p50"]
+
+    top, n = comparison["default"], max(comparison["n"], 1)
+    lines = []
+    for measure in ("answer", "scores", "end_to_end"):
+        lines += [f"{measure}_p50_ms={p50(top, measure):.2f}", f"{measure}_p50_ms_float32={p50('fast float32', measure):.2f}",
+                  f"{measure}_p50_ms_plain={p50('plain', measure):.2f}"]
+    lines += [f"both_p50_ms={p50(top, 'both'):.2f}",
+              f"answer_speedup={p50('plain', 'answer') / p50('fast float32', 'answer'):.2f}",
+              f"identical_answers={comparison['identical']}/{comparison['n']}",
+              f"max_probability_difference={comparison['max_difference']:.2e}",
+              f"default_class_agreement={comparison['agree'][top] / n:.4f}"]
+    lines += [f"{s.removeprefix('fast ')}_class_agreement={comparison['agree'][s] / n:.4f}" for s in settings[2:]]
+    lines += [f"{key}={value:.2f}" for key, value in rates.items()]
+    return lines + [f"precision={precision}"]
+
+
+def target_text(figures: list[str]) -> str:
+    """Issue 21's done-when checks, each met or not, from the ``name=value`` lines."""
+    values = dict(line.split("=", 1) for line in figures)
+    same, n = (int(x) for x in values["identical_answers"].split("/"))
+    checks = [(f"end_to_end_p50_ms ≤ {TARGET_MS:g} (default precision)", float(values["end_to_end_p50_ms"]) <= TARGET_MS),
+              ("answer_speedup ≥ 5 (float32)", float(values["answer_speedup"]) >= 5),
+              ("identical_answers ≥ 99 % of N", same >= 0.99 * n),
+              ("max_probability_difference ≤ 1e-4", float(values["max_probability_difference"]) <= 1e-4),
+              ("default_class_agreement ≥ 0.99", float(values["default_class_agreement"]) >= 0.99)]
+    if "folder_faces_per_s_before" in values:
+        checks.append(("folder throughput ≥ 10 × before", float(values["folder_faces_per_s_after"])
+                       >= 10 * float(values["folder_faces_per_s_before"])))
+    if "video_realtime_factor_after" in values:
+        checks.append(("video at the measured frame rate at least real time",
+                       float(values["video_realtime_factor_after"]) >= 1))
+    return "Targets (issue 21):\n\n" + "\n".join(f"- {name}: {'met' if ok else 'NOT met'}" for name, ok in checks) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from facephi import FacePhi
@@ -504,28 +544,16 @@ def main(argv: list[str] | None = None) -> int:
         if video is not None and args.video is None:
             notes.append(f"video: the {len(photos)} photos, 2 s each, 480 × 480 px, MPEG-4 at 25 frames/s.")
     api.close()
-    text = report(args, path, info, {"extraction": {"extract": extraction}, **stages}, comparison, lever_lines, rates, notes, load_s, api.predictor.instruction)
+    figures = figure_lines(stages, comparison, rates, settings, args.precision)
+    text = report(args, path, info, {"extraction": {"extract": extraction}, **stages}, comparison, lever_lines, rates,
+                  notes, load_s, api.predictor.instruction)
+    text += "\nFigures (name=value, as printed):\n\n```\n" + "\n".join(figures) + "\n```\n\n" + target_text(figures)
     if args.out is not None:
         write_text(args.out, text)
         log(f"wrote {args.out}")
     else:
         print(text)
-    top = comparison["default"]
-    for measure in ("answer", "scores", "end_to_end"):
-        print(f"{measure}_p50_ms={summary(stages[top][measure].all_times())['p50']:.2f}")
-        print(f"{measure}_p50_ms_float32={summary(stages['fast float32'][measure].all_times())['p50']:.2f}")
-        print(f"{measure}_p50_ms_plain={summary(stages['plain'][measure].all_times())['p50']:.2f}")
-    print(f"both_p50_ms={summary(stages[top]['both'].all_times())['p50']:.2f}")
-    plain, fast = (summary(stages[s]["answer"].all_times())["p50"] for s in ("plain", "fast float32"))
-    print(f"answer_speedup={plain / fast:.2f}")
-    print(f"identical_answers={comparison['identical']}/{comparison['n']}")
-    print(f"max_probability_difference={comparison['max_difference']:.2e}")
-    print(f"default_class_agreement={comparison['agree'][top] / max(comparison['n'], 1):.4f}")
-    for setting in settings[2:]:
-        print(f"{setting.removeprefix('fast ')}_class_agreement={comparison['agree'][setting] / max(comparison['n'], 1):.4f}")
-    for key, value in rates.items():
-        print(f"{key}={value:.2f}")
-    print(f"precision={args.precision}")
+    print("\n".join(figures))
     return 0
 
 

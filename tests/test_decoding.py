@@ -130,6 +130,10 @@ def test_drafts_are_best_first_within_budget_and_depth():
     assert trie.draft(0, 3, 10, [0.0, 1.0, 0.0]) == [(1, -1, 1), (2, 0, 2), (5, 0, 2)]  # class 1's answers first
     assert trie.draft(0, 10, 1, [1.0, 1.0, 1.0]) == [(1, -1, 1), (6, -1, 1)]
     assert trie.draft(None, 10, 10, [1.0] * 3) == [] and trie.step(trie.step(0, 1), 9) is None
+    trie.record([1, 5])
+    trie.record([1, 5, 7])  # off the trie after 5: counted up to there
+    assert trie.draft(0, 2, 10, [1.0, 1.0, 1.0]) == [(1, -1, 1), (5, 0, 2)]  # the decoded answers' path first
+    assert trie.hits[trie.step(trie.step(0, 1), 5)] == 2
 
 
 def test_answers_off_the_trie_are_drafted_from_the_longest_suffix_the_trained_sentences_hold():

@@ -63,6 +63,9 @@ def test_predict_latency_compares_plain_and_fast_paths(tmp_path, capsys):
     assert re.search(r"answer with template drafts from the trie only \(\d+ drafted tokens per pass; .*\): \d+\.\d ms", text)
     assert re.search(r"answer with template drafts, off the trie from the trained sentences .*\(kept\): \d+\.\d ms", text)
     assert "video_faces_per_s_after=" in text and "the 2 photos, 2 s each" in text
+    figures = text.split("Figures (name=value, as printed):")[1].split("```")[1].split()
+    assert figures == [line for line in lines if "=" in line and " " not in line]  # the printed lines, in the file
+    assert "- identical_answers ≥ 99 % of N: met" in text and "- max_probability_difference ≤ 1e-4: met" in text
 
 
 def test_predict_latency_missing_model(tmp_path, capsys):

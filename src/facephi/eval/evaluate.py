@@ -203,7 +203,9 @@ def evaluate_model(
                 scores = model.class_log_likelihoods(points.to(device), texts, templates=score_templates)
             if tuple(scores.shape) != (len(batch), len(CLASSES)):
                 raise RuntimeError(f"class_log_likelihoods returned shape {tuple(scores.shape)} for {len(batch)} prompts")
-            probabilities = class_probabilities(scores.detach().double().cpu(), model.answer_prior.weights()).numpy()
+            answer_prior = getattr(model, "answer_prior", None)  # a FacePhiModel's; other scorers have none
+            weights = None if answer_prior is None else answer_prior.weights()
+            probabilities = class_probabilities(scores.detach().double().cpu(), weights).numpy()
             for record, probs in zip(records, probabilities):
                 scored = int(probs.argmax())
                 if mode == "score":

@@ -8,12 +8,14 @@ trie allows after the tokens decided so far, as a token tree (``model/tree.py``)
 classes first (class probabilities of the same pass's scoring, when asked). The greedy token at
 each drafted token is read from the pass; the draft is accepted as far as it equals what greedy
 decoding would have produced, plus the greedy token after it: the output equals greedy decoding
-by construction. An answer that leaves the trie (the model mixes pieces of several trained
+by construction; the drafts favour the answers decoded most often so far (speed only: the output
+does not depend on them). An answer that leaves the trie (the model mixes pieces of several trained
 sentences) is drafted from the trained sentences where they hold the longest suffix of its tokens
 decided so far (prompt-lookup drafting), and decoded token by token only where no sentence holds
-even its last token. With class scoring, the
-first pass is also the scoring pass (the class answers of the scored templates are the first
-draft): one forward serves both.
+even its last token. With class scoring, the first pass is also the scoring pass (the class
+answers of the scored templates are the first draft): one forward serves both. ``bias`` (the
+answer prior, ``model/answer_prior.py``) is added to the logits before every argmax, as
+``generate``'s ``sequence_bias``.
 """
 
 from __future__ import annotations
@@ -49,6 +51,8 @@ class AnswerTrie:
         self.n_classes, self.suffix_match = n_classes, SUFFIX_MATCH
         self.children: list[dict[int, int]] = [{}]
         self.counts: list[list[int]] = [[0] * n_classes]
+        self.hits: list[int] = [0]
+        """Per node: how many decoded answers went through it (``record``), to draft the usual ones first."""
         self.ngrams: dict[tuple[int, ...], list[tuple[list[int], int, int]]] = {}
         """n-gram -> (answer tokens, position after the n-gram, class) of each of its occurrences."""
         for tokens, label in answers:
@@ -62,8 +66,18 @@ class AnswerTrie:
                     self.children[node][token] = len(self.children)
                     self.children.append({})
                     self.counts.append([0] * n_classes)
+                    self.hits.append(0)
                 node = self.children[node][token]
                 self.counts[node][label] += 1
+
+    def record(self, tokens: list[int]) -> None:
+        """Count a decoded answer on the nodes it went through (while it stayed on the trie)."""
+        node: int | None = 0
+        for token in tokens:
+            node = self.step(node, token)
+            if node is None:
+                return
+            self.hits[node] += 1
 
     def step(self, node: int | None, token: int) -> int | None:
         """The node after ``token`` (None: off the trie)."""
@@ -84,8 +98,8 @@ class AnswerTrie:
 
     def draft(self, node: int | None, budget: int, depth: int, weights: list[float]) -> list[tuple[int, int, int]]:
         """Up to ``budget`` trie tokens below ``node``, at most ``depth`` deep, best first by the summed
-        class ``weights`` of the answers through them: ``(token, parent index in the list or -1, depth)``,
-        parents before children."""
+        class ``weights`` of the answers through them times 1 + the decoded answers that went through
+        them: ``(token, parent index in the list or -1, depth)``, parents before children."""
         if node is None or budget <= 0 or depth <= 0:
             return []
         order = 0
@@ -94,7 +108,7 @@ class AnswerTrie:
         def push(parent_node: int, parent_index: int, level: int) -> None:
             nonlocal order
             for token, child in self.children[parent_node].items():
-                weight = sum(w * c for w, c in zip(weights, self.counts[child]))
+                weight = sum(w * c for w, c in zip(weights, self.counts[child])) * (1 + self.hits[child])
                 heapq.heappush(heap, (-weight, order, token, child, parent_index, level))
                 order += 1
 
@@ -188,6 +202,8 @@ class TemplateDecoder:
                 for column in self._walk(rows[b], tree, 0, i, greedy, max_new_tokens):
                     visible[i, column] = True
             past = torch.cat([past, visible], 1)
+        for row in rows:
+            self.trie.record(row.tokens)
         return [row.tokens for row in rows], scores if answers else None
 
     def _add_draft(self, tree: TokenTree, root: int, row: Row, weights: list[float], max_new_tokens: int,
