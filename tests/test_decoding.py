@@ -221,15 +221,3 @@ def test_int8_answers_through_a_quantised_copy_with_exact_drafting():
     torch.testing.assert_close(probabilities, int8, rtol=0, atol=1e-5)
     assert model.set_precision("float32") == "float32" and model.answering_prefix() is model.prefix
 
-
-def test_int8_takes_an_llm_that_transformers_marks_quantized():
-    """An LLM loaded straight from a GGUF file is marked ``is_quantized`` by transformers (its weights
-    de-quantized to float32), whose own ``float()`` then refuses: int8 must still be made."""
-    model = model_of("llama", 1).requires_grad_(False)
-    model.llm.is_quantized = True
-    with pytest.raises(ValueError, match="not supported for quantized model"):
-        model.llm.float()
-    points = faces()
-    assert model.set_precision("int8") == "int8"
-    answers, _ = model.answer_and_probabilities(points, ASKED, 2)
-    assert len(answers) == len(ASKED)

@@ -65,6 +65,7 @@ def test_gguf_is_dequantised_once_then_loaded_from_the_cache(tmp_path, monkeypat
         tokenizer = tiny_tokenizer("smollm")
         model = tiny_llm("llama", tokenizer)
         model.config.quantization_config = {"quant_method": "gguf"}  # what a GGUF load leaves behind
+        model.is_quantized = True  # (transformers' float() / half() refuse such a model)
         return model, tokenizer
 
     monkeypatch.setattr(llm_module, "_load_pretrained", fake_load)
@@ -73,6 +74,7 @@ def test_gguf_is_dequantised_once_then_loaded_from_the_cache(tmp_path, monkeypat
     cached = list((tmp_path / "cache" / "llm").iterdir())
     assert len(cached) == 1 and cached[0].name.startswith("tiny-") and (cached[0] / "model.safetensors").is_file()
     assert "quantization_config" not in (cached[0] / "config.json").read_text()
+    assert first.float() is first  # unmarked: as a model from the cache (int8 casts with float())
     second, tokenizer = load_language_model(str(gguf.parent), gguf_file="tiny.gguf")
     assert len(conversions) == 1  # served from the cache
     assert tokenizer.pad_token == tokenizer.eos_token == "<|im_end|>"

@@ -308,8 +308,10 @@ def _load_gguf(gguf: Path, use_cache: bool) -> tuple[Any, Any]:
         return _load_pretrained(str(cached))
     logger.info("dequantising %s (first load; cached afterwards in %s)", gguf, cached)
     model, tokenizer = _load_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    # The GGUF quantiser marks the model as non-serialisable; the weights are plain floats now.
+    # The GGUF quantiser marks the model as quantised (non-serialisable, and its float() / half()
+    # refuse); the weights are plain floats now: the same model as one loaded from the cache.
     model.hf_quantizer = None
+    model.is_quantized = False
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     if use_cache:

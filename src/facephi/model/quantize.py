@@ -37,6 +37,4 @@ def quantize_int8(llm: Any) -> Any:
         warnings.simplefilter("ignore")  # the torch.ao.quantization deprecation notice
         from torch.ao.quantization import quantize_dynamic
 
-        # nn.Module.float: transformers' own float() refuses a model loaded from a GGUF file (it marks
-        # it is_quantized, though its weights were de-quantized to float32 on loading)
-        return quantize_dynamic(torch.nn.Module.float(llm), {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+        return quantize_dynamic(llm.float(), {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
