@@ -34,14 +34,6 @@ VALID_FLOOR = 0.63
 TIE = 0.005
 
 
-def valid_figures(eval_dir: Path) -> dict[str, Any]:
-    from facephi.eval.results import EvalResult
-
-    metrics = EvalResult.load(eval_dir).metrics
-    return {"n": metrics.n, "accuracy": metrics.accuracy, "balanced_accuracy": metrics.balanced_accuracy,
-            "intervals": metrics.intervals}
-
-
 def choose(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The rule of the module docstring."""
     allowed = [row for row in rows if row["valid"]["accuracy"] >= VALID_FLOOR]
@@ -52,9 +44,9 @@ def choose(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def cell(fig: dict[str, Any], key: str) -> str:
-    low, high = (fig.get("intervals") or {}).get(key, (None, None))
-    text = f"{100 * fig[key]:.1f}"
-    return text if low is None else f"{text} [{100 * low:.1f}, {100 * high:.1f}]"
+    from webdev import Metrics, with_interval
+
+    return with_interval(Metrics(fig), key)
 
 
 def markdown(rows: list[dict[str, Any]], chosen: dict[str, Any] | None, prior: list[float], command: str) -> str:
@@ -106,10 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from webdev import figures
+    from webdev import figures, reading_figures
 
     from facephi.cli import main as facephi
-    from facephi.eval.results import read_prior
+    from facephi.eval.results import EvalResult, read_prior
     from facephi.model.answer_prior import check_answer_prior
     from facephi.utils.errors import FacePhiError
     from facephi.utils.io import write_text
@@ -145,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                     return 1
             web = figures(web_dir)
             answers = {**web["readings"]["answers"], "photos": web["faces"] + web["no_face"]["n"]}
-            rows.append({"tau": tau, "web": answers, "valid": valid_figures(valid_dir)})
+            rows.append({"tau": tau, "web": answers, "valid": reading_figures(EvalResult.load(valid_dir).metrics)})
     except FacePhiError as exc:
         print(f"answer_prior: error: {exc}", file=sys.stderr)
         return 2

@@ -103,7 +103,7 @@ def markdown(fig: dict[str, Any], command: str) -> str:
     lines += ["| reading | accuracy | macro recall | target (both ≥ 45 %) | no class over-answered |",
               "|---|---|---|---|---|"]
     for name, r in fig["readings"].items():
-        m = _Metrics(r)
+        m = Metrics(r)
         lines.append(f"| {READING_TITLES[name]} | {with_interval(m, 'accuracy')} | "
                      f"{with_interval(m, 'balanced_accuracy')} | {'pass' if r['target_met'] else 'FAIL'} | "
                      f"{'pass' if r['shares_within'] else 'FAIL'} |")
@@ -126,7 +126,7 @@ def markdown(fig: dict[str, Any], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-class _Metrics:
+class Metrics:
     """Attribute access to a reading's JSON figures (what ``with_interval`` reads)."""
 
     def __init__(self, figures: dict[str, Any]) -> None:

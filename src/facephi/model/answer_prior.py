@@ -50,7 +50,7 @@ def prior_weights(prior: list[float] | None, tau: float) -> torch.Tensor | None:
 
 
 def class_word_bias(template_answers: list[list[int]], prior: list[float] | None,
-                    tau: float) -> tuple[list[int], list[float]] | None:
+                    tau: float) -> TokenBias | None:
     """``(token ids, biases)``: ``−τ · log prior(k)`` on the first token of class k's name in the answers
     ``template_answers[k]`` (one template's 8 class answers); None when τ is 0."""
     if not tau or prior is None:
@@ -63,7 +63,7 @@ def class_word_bias(template_answers: list[list[int]], prior: list[float] | None
     return tokens, [-tau * math.log(p) for p in prior]
 
 
-def sequence_bias(bias: tuple[list[int], list[float]] | None) -> dict[tuple[int, ...], float] | None:
+def sequence_bias(bias: TokenBias | None) -> dict[tuple[int, ...], float] | None:
     """``bias`` as ``generate``'s ``sequence_bias`` (one-token sequences)."""
     return None if bias is None else {(token,): value for token, value in zip(*bias)}
 

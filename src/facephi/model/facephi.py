@@ -349,7 +349,6 @@ class FacePhiModel(nn.Module):
         self._decoder.bias = self.answer_prior.bias()
         return self._decoder
 
-
     # ------------------------------------------------------------------ class scoring
     def class_log_likelihoods(self, points: torch.Tensor, instructions: list[str],
                               templates: str = "first") -> torch.Tensor:
