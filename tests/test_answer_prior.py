@@ -1,6 +1,7 @@
 """The answer prior (``model/answer_prior.py``): the class prior divided out of the answers in words
-and of the class probabilities, the same in ``generate`` and the fast path, set from config.json or
-``--answer-prior-tau``, refused where it cannot apply."""
+and of the class probabilities and the encoder's class probabilities multiplied in, the same in
+``generate`` and the fast path, set from config.json, ``--answer-prior-tau`` or ``--encoder-weight``,
+refused where it cannot apply."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from test_decoding import ASKED, faces, model_of, plain_answers
 
 from facephi.cli import main
 from facephi.labels import CLASSES
-from facephi.model.answer_prior import check_answer_prior, class_word_bias
+from facephi.model.answer_prior import check_answer_prior, check_encoder_weight, class_words
 from facephi.model.facephi import FacePhiModel
 from facephi.utils.errors import FacePhiError
 
@@ -32,7 +33,7 @@ def test_a_prior_that_favours_a_class_makes_both_paths_name_it_first(architectur
     model = model_of(architecture, 1)
     points = faces()
     target = 5
-    class_tokens = class_word_bias(model.scorer.answers()[0], [1.0] * len(CLASSES), 1.0)[0]
+    class_tokens = class_words(model.scorer.answers()[0])
     prior = [1.0] * len(CLASSES)
     prior[target] = 1e-30  # bias + 10 * 69 on the token that starts class 5's name
     with_prior(model, prior, 10.0)
@@ -55,17 +56,65 @@ def test_answers_with_a_prior_equal_generate_and_probabilities_divide_it_out(tau
     expected = expected / expected.sum(-1, keepdim=True)
     assert torch.allclose(probabilities.double(), expected, atol=1e-5)
     assert torch.allclose(model.class_probabilities(points, ASKED).double(), expected, atol=1e-5)
-    assert (model.answer_prior.weights() is None) == (tau == 0)
+    assert (model.answer_prior.token_bias(points) is None) == (tau == 0)
 
 
 def test_bias_sits_on_the_first_token_where_the_class_answers_part():
     model = model_of("llama", 1)
     answers = model.scorer.answers()[0]
-    tokens, values = class_word_bias(answers, [0.5] * len(CLASSES), 2.0)
+    with_prior(model, [0.5] * len(CLASSES), 2.0)
+    tokens, values = model.answer_prior.token_bias(faces(n=2))
     at = next(i for i in range(len(answers[0])) if len({a[i] for a in answers}) > 1)
-    assert tokens == [a[at] for a in answers] and values == pytest.approx([-2.0 * math.log(0.5)] * len(CLASSES))
-    assert class_word_bias(answers, [0.5] * len(CLASSES), 0.0) is None
-    assert class_word_bias(answers, None, 0.0) is None
+    assert tokens == class_words(answers) == [a[at] for a in answers]
+    assert values.shape == (2, len(CLASSES))
+    assert values.flatten().tolist() == pytest.approx([-2.0 * math.log(0.5)] * 2 * len(CLASSES))
+    model.answer_prior.set_tau(0.0)
+    assert model.answer_prior.token_bias(faces(n=2)) is None
+
+
+def with_encoder_head(model):
+    """Give the tiny stand-in encoder class logits that differ from face to face (its features + the
+    face's first 8 x coordinates, which favour a different class in each random face)."""
+    head = torch.nn.Linear(model.encoder.feature_dim, len(CLASSES))
+    model.encoder.class_logits = lambda points: head(model.encoder(points)) + 10.0 * points[:, :len(CLASSES), 0]
+    return model
+
+
+@pytest.mark.parametrize("architecture, k", [("llama", 1), ("llama", 4), ("gpt2", 1)])
+def test_encoder_weight_steers_each_face_by_its_own_encoder_and_both_paths_agree(architecture, k):
+    model = with_encoder_head(model_of(architecture, k))
+    points = faces(n=3, seed=11)
+    with torch.inference_mode():
+        log_q = model.encoder.class_logits(points).log_softmax(-1).double()
+    plain_probabilities = model.class_probabilities(points, ASKED)
+    prior = [0.35, 0.28, 0.12, 0.13, 0.02, 0.007, 0.09, 0.006]
+    with_prior(model, prior, 0.5)
+    model.answer_prior.set_encoder_weight(1.5)
+    answers, probabilities = model.answer_and_probabilities(points, ASKED, NEW_TOKENS)
+    assert answers == plain_answers(model, points, ASKED, NEW_TOKENS)
+    expected = plain_probabilities.double() * (1.5 * log_q).exp() / torch.tensor(prior, dtype=torch.float64) ** 0.5
+    expected = expected / expected.sum(-1, keepdim=True)
+    assert torch.allclose(probabilities.double(), expected, atol=1e-5)
+    assert torch.allclose(model.class_probabilities(points, ASKED).double(), expected, atol=1e-5)
+
+    model.answer_prior.set_encoder_weight(10.0)  # the encoder's class decides the class word of every face
+    with_prior(model, [1e-30] * len(CLASSES), 10.0)  # the class words, whichever, first (a random LLM)
+    answers = model.answer(points, ASKED, NEW_TOKENS)
+    assert answers == plain_answers(model, points, ASKED, NEW_TOKENS)
+    names = [model.tokenizer.decode([token]).strip() for token in class_words(model.scorer.answers()[0])]
+    favoured = [names[k] for k in log_q.argmax(-1).tolist()]
+    assert len(set(favoured)) > 1, "the test's faces should favour different classes"
+    assert all(answer.startswith(name) for answer, name in zip(answers, favoured)), (answers, favoured)
+
+
+def test_encoder_weight_needs_an_encoder_with_class_logits():
+    model = model_of("llama", 1)
+    with pytest.raises(FacePhiError, match="needs an encoder with class logits"):
+        model.answer_prior.set_encoder_weight(1.0)
+    model.answer_prior.set_encoder_weight(0.0)
+    for bad in (-1.0, 10.5, float("nan"), "1"):
+        with pytest.raises(FacePhiError, match="need a number from 0 to 10"):
+            check_encoder_weight(bad)
 
 
 @pytest.mark.parametrize("prior, tau, message", [

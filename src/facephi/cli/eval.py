@@ -50,9 +50,9 @@ def run(args: argparse.Namespace) -> int:
     if kind == ENCODER and config.prior != "uniform":
         raise FacePhiError(f"--prior {config.prior}: applies to a FacePhi model's class scoring, "
                            f"{config.model} is a landmark encoder")
-    if kind == ENCODER and config.answer_prior_tau is not None:
-        raise FacePhiError(f"--answer-prior-tau: applies to a FacePhi model's answers, {config.model} is a landmark "
-                           "encoder")
+    for flag, value in (("--answer-prior-tau", config.answer_prior_tau), ("--encoder-weight", config.encoder_weight)):
+        if kind == ENCODER and value is not None:
+            raise FacePhiError(f"{flag}: applies to a FacePhi model's answers, {config.model} is a landmark encoder")
     if not config.data.exists():
         raise FacePhiError(f"{config.data}: not found (--data)")
     data = LandmarkSet.load(config.data)
@@ -80,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
         common["settings"]["precision"] = model.set_precision(config.precision)
         if config.answer_prior_tau is not None:
             model.answer_prior.set_tau(config.answer_prior_tau)
+        if config.encoder_weight is not None:
+            model.answer_prior.set_encoder_weight(config.encoder_weight)
         result = evaluate_model(model, data, config.split, batch_size=config.batch_size,
                                 max_new_tokens=config.max_new_tokens, instruction_policy=config.instructions,
                                 instruction=config.instruction, mode=config.mode,

@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     model = FacePhi.from_pretrained(config.model, device=device, threads=config.threads,
                                     instruction=config.instruction, max_new_tokens=config.max_new_tokens,
                                     batch_size=config.batch_size, precision=config.precision, flag="--model",
-                                    answer_prior_tau=config.answer_prior_tau)
+                                    answer_prior_tau=config.answer_prior_tau, encoder_weight=config.encoder_weight)
 
     def emit(row: dict[str, Any]) -> None:
         if config.json:

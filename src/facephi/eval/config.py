@@ -17,6 +17,9 @@ MAX_NEW_TOKENS = 512
 ANSWER_PRIOR_HELP = ("the class prior of the model's training data (its config.json answer_prior) divided out of "
                      "the answers and class probabilities at this strength: argmax log p - TAU * log prior (0: the "
                      "LLM's own answers; default: the model's answer_prior_tau)")
+ENCODER_WEIGHT_HELP = ("the landmark encoder's own class log-probabilities, times this weight, added to the answers' "
+                       "class words and the class scores (an ensemble of the LLM and its encoder's classifier; 0: "
+                       "the LLM alone; default: the model's encoder_weight)")
 
 
 @dataclass
@@ -66,6 +69,7 @@ class EvalConfig(Config):
                                                         "the prior out entirely, 0 changes nothing)")
 
     answer_prior_tau: float | None = setting(None, min=0, max=10, metavar="TAU", help=ANSWER_PRIOR_HELP)
+    encoder_weight: float | None = setting(None, min=0, max=10, metavar="WEIGHT", help=ENCODER_WEIGHT_HELP)
 
     overwrite: bool = setting(False, help="replace a finished evaluation in --out made with other settings "
                                           "(one with the same settings and the same model and data content is "

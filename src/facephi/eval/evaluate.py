@@ -203,9 +203,11 @@ def evaluate_model(
                 scores = model.class_log_likelihoods(points.to(device), texts, templates=score_templates)
             if tuple(scores.shape) != (len(batch), len(CLASSES)):
                 raise RuntimeError(f"class_log_likelihoods returned shape {tuple(scores.shape)} for {len(batch)} prompts")
+            scores = scores.detach().double().cpu()
             answer_prior = getattr(model, "answer_prior", None)  # a FacePhiModel's; other scorers have none
-            weights = None if answer_prior is None else answer_prior.weights()
-            probabilities = class_probabilities(scores.detach().double().cpu(), weights).numpy()
+            if answer_prior is not None:
+                scores = answer_prior.adjust(scores, points.to(device))
+            probabilities = class_probabilities(scores).numpy()
             for record, probs in zip(records, probabilities):
                 scored = int(probs.argmax())
                 if mode == "score":

@@ -1,15 +1,19 @@
-"""The class prior divided out of the answers in words (logit adjustment, Menon et al. 2021).
+"""The class prior of the answers in words: the training data's prior divided out (logit adjustment,
+Menon et al. 2021) and the landmark encoder's own class probabilities multiplied in (an ensemble
+of the LLM and its encoder's classifier).
 
 A model trained on FER+ (a third of its faces neutral) names the frequent classes too often on other
 faces. ``FacePhiConfig.answer_prior`` (8 numbers in ``CLASSES`` order: the class frequencies of the
-LLM's training data) and ``answer_prior_tau`` (τ, 0 = off) make the answers and the class
-probabilities argmax ``log p(class) − τ · log prior(class)``:
+LLM's training data) and ``answer_prior_tau`` (τ, 0 = off) divide that prior out;
+``encoder_weight`` (λ, 0 = off) adds the encoder's class log-probabilities ``log q(k | face)``. Per
+face, the class bias is ``λ · (log q(k) − max_j log q(j)) − τ · log prior(k)``:
 
-* answers: ``−τ · log prior(k)`` is added to the logit of the first token of class k's name where
-  the trained answers name it (the token where the 8 class answers of template 0 part), at every
-  decoding step: those tokens appear in answers only there. ``generate`` gets it as its
-  ``sequence_bias`` and the fast path adds the same numbers before its argmax: the same answers;
-* class probabilities: ``p(k) / prior(k)^τ``, renormalised (the same shift of the class scores).
+* answers: the bias is added to the logit of the first token of class k's name where the trained
+  answers name it (the token where the 8 class answers of template 0 part), at every decoding
+  step: those tokens appear in answers only there. ``generate`` gets it through
+  :class:`ClassWordBias` and the fast path adds the same numbers before its argmax: the same answers;
+* class probabilities: the softmax of the class scores plus the bias, i.e. ``p(k) · q(k)^λ /
+  prior(k)^τ``, renormalised.
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ from facephi.utils.errors import FacePhiError
 
 MAX_TAU = 10.0
 """Largest τ accepted (1 divides the prior out entirely)."""
+
+MAX_ENCODER_WEIGHT = 10.0
+"""Largest λ accepted (large: the encoder's class, worded by the LLM)."""
 
 
 def check_answer_prior(prior: Any, tau: float, where: str = "answer prior") -> None:
@@ -42,50 +49,102 @@ def check_answer_prior(prior: Any, tau: float, where: str = "answer prior") -> N
                                f"({', '.join(CLASSES)}), got {prior!r}")
 
 
-def prior_weights(prior: list[float] | None, tau: float) -> torch.Tensor | None:
-    """``prior ** tau`` (what ``class_probabilities`` divides out), or None when τ is 0."""
-    if not tau or prior is None:
-        return None
-    return torch.tensor(prior, dtype=torch.float64) ** tau
+def check_encoder_weight(weight: Any, where: str = "encoder weight") -> None:
+    """Refuse a λ outside [0, ``MAX_ENCODER_WEIGHT``]."""
+    if not (isinstance(weight, (int, float)) and math.isfinite(weight) and 0 <= weight <= MAX_ENCODER_WEIGHT):
+        raise FacePhiError(f"{where}: need a number from 0 to {MAX_ENCODER_WEIGHT:g}, got {weight!r}")
 
 
-def class_word_bias(template_answers: list[list[int]], prior: list[float] | None,
-                    tau: float) -> TokenBias | None:
-    """``(token ids, biases)``: ``−τ · log prior(k)`` on the first token of class k's name in the answers
-    ``template_answers[k]`` (one template's 8 class answers); None when τ is 0."""
-    if not tau or prior is None:
-        return None
+def class_words(template_answers: list[list[int]]) -> list[int]:
+    """The first token of each class's name in ``template_answers`` (one template's 8 class answers)."""
     at = shared_length(template_answers)
     tokens = [answer[at] for answer in template_answers]
     if len(set(tokens)) != len(tokens):
         raise FacePhiError("answer prior: the class names do not start with 8 different tokens in this "
                            "tokenizer; the prior cannot be applied to the answers")
-    return tokens, [-tau * math.log(p) for p in prior]
+    return tokens
 
 
-def sequence_bias(bias: TokenBias | None) -> dict[tuple[int, ...], float] | None:
-    """``bias`` as ``generate``'s ``sequence_bias`` (one-token sequences)."""
-    return None if bias is None else {(token,): value for token, value in zip(*bias)}
+def class_bias(prior: list[float] | None, tau: float, encoder_log_probs: torch.Tensor | None = None,
+               weight: float = 0.0) -> torch.Tensor | None:
+    """``[B, 8]`` float64: ``weight · (log q − max log q) − tau · log prior`` per face (``encoder_log_probs``
+    ``[B, 8]``; without it one row, the same for every face); None when both terms are off."""
+    rows: torch.Tensor | None = None
+    if weight and encoder_log_probs is not None:
+        log_q = encoder_log_probs.detach().double().cpu()
+        rows = weight * (log_q - log_q.max(-1, keepdim=True).values)
+    if tau and prior is not None:
+        shift = -tau * torch.tensor(prior, dtype=torch.float64).log()
+        rows = shift[None] if rows is None else rows + shift
+    return rows
+
+
+class ClassWordBias:
+    """``generate`` logits processor: per row, the class bias on the class words (``TokenBias``)."""
+
+    def __init__(self, bias: TokenBias) -> None:
+        self.tokens, self.values = bias
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = scores.clone()
+        values = self.values.to(device=scores.device, dtype=scores.dtype)
+        scores[:, self.tokens] += values.expand(len(scores), -1)
+        return scores
 
 
 class AnswerPrior:
-    """A model's answer prior: its config's ``answer_prior`` and ``answer_prior_tau`` (``scorer``: the
-    class answers that locate the class words)."""
+    """A model's answer prior: its config's ``answer_prior``, ``answer_prior_tau`` and ``encoder_weight``
+    (``scorer``: the class answers that locate the class words; ``encoder``: the landmark encoder
+    whose ``class_logits`` give ``q``)."""
 
-    def __init__(self, config: Any, scorer: ClassScorer) -> None:
+    def __init__(self, config: Any, scorer: ClassScorer, encoder: Any) -> None:
+        self.config, self.scorer, self.encoder = config, scorer, encoder
         check_answer_prior(config.answer_prior, config.answer_prior_tau, "config answer_prior")
-        self.config, self.scorer = config, scorer
+        self._check_weight(config.encoder_weight, "config encoder_weight")
 
     def set_tau(self, tau: float) -> None:
         """Divide ``answer_prior`` out of answers and probabilities at strength ``tau`` (0: off)."""
         check_answer_prior(self.config.answer_prior, tau, "answer prior tau")
         self.config.answer_prior_tau = float(tau)
 
-    def bias(self) -> TokenBias | None:
-        """The class words' logit biases of the answers; None when off."""
-        check_answer_prior(self.config.answer_prior, self.config.answer_prior_tau, "config answer_prior")
-        return class_word_bias(self.scorer.answers()[0], self.config.answer_prior, self.config.answer_prior_tau)
+    def set_encoder_weight(self, weight: float) -> None:
+        """Add the encoder's class log-probabilities to answers and probabilities at ``weight`` (0: off)."""
+        self._check_weight(weight, "encoder weight")
+        self.config.encoder_weight = float(weight)
 
-    def weights(self) -> torch.Tensor | None:
-        """``answer_prior ** answer_prior_tau``, divided out of the class probabilities; None when off."""
-        return prior_weights(self.config.answer_prior, self.config.answer_prior_tau)
+    def _check_weight(self, weight: Any, where: str) -> None:
+        check_encoder_weight(weight, where)
+        if weight and not callable(getattr(self.encoder, "class_logits", None)):
+            raise FacePhiError(f"{where}: {weight:g} needs an encoder with class logits, and this model's "
+                               f"{type(self.encoder).__name__} has none")
+
+    def rows(self, points: torch.Tensor, own_prior: bool = True) -> torch.Tensor | None:
+        """The class bias ``[B, 8]`` (float64, CPU) of each face of ``points`` (without the prior term
+        unless ``own_prior``); None when off."""
+        config = self.config
+        check_answer_prior(config.answer_prior, config.answer_prior_tau, "config answer_prior")
+        self._check_weight(config.encoder_weight, "config encoder_weight")
+        log_q = None
+        if config.encoder_weight:
+            training = self.encoder.training
+            try:
+                with torch.inference_mode():
+                    log_q = self.encoder.eval().class_logits(points).float().log_softmax(-1)
+            finally:
+                self.encoder.train(training)
+        tau = config.answer_prior_tau if own_prior else 0.0
+        bias = class_bias(config.answer_prior, tau, log_q, config.encoder_weight)
+        return None if bias is None else bias.expand(len(points), -1)
+
+    def token_bias(self, points: torch.Tensor) -> TokenBias | None:
+        """The class words' logit biases of each face's answer (float32 ``[B, 8]``); None when off."""
+        bias = self.rows(points)
+        if bias is None:
+            return None
+        return class_words(self.scorer.answers()[0]), bias.float().to(points.device)
+
+    def adjust(self, scores: torch.Tensor, points: torch.Tensor, own_prior: bool = True) -> torch.Tensor:
+        """Class scores ``[B, 8]`` plus the class bias (what ``class_probabilities`` softmaxes; without
+        the prior term unless ``own_prior``: a caller's prior replaces it)."""
+        bias = self.rows(points, own_prior)
+        return scores if bias is None else scores + bias.to(device=scores.device, dtype=scores.dtype)

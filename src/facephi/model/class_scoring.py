@@ -34,8 +34,9 @@ the repeated key/value cache (templates are scored in groups that fit)."""
 HEAD_ROWS = 256
 """States per LM-head call when reading a tree's columns (bounds the [rows, vocabulary] logits)."""
 
-TokenBias = tuple[list[int], list[float]]
-"""(token ids, numbers added to their logits before the greedy argmax): ``model/answer_prior.py``."""
+TokenBias = tuple[list[int], torch.Tensor]
+"""(token ids, float32 ``[B, len(ids)]``: per row of the batch, the numbers added to their logits before
+the greedy argmax): ``model/answer_prior.py``."""
 
 Embed = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """``embed(input_ids, points)``: token embeddings with the landmark features in place."""
@@ -83,7 +84,8 @@ def read_columns(prefix: SharedPrefix, states: torch.Tensor, cells: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One LM-head pass over the states at ``cells`` [U, 2] (row, column): the log-probabilities of the
     targets ``term_target`` [N] predicted by ``cells[term_cell]``, and with ``suppressed`` (token ids
-    never chosen) each cell's greedy token (argmax of its logits plus ``bias``, the first on a tie)."""
+    never chosen) each cell's greedy token (argmax of its logits plus its row's ``bias``, the first on a
+    tie)."""
     log_probs = torch.zeros(len(term_cell), dtype=torch.float32, device=states.device)
     greedy = None if suppressed is None else torch.zeros(len(cells), dtype=torch.long, device=states.device)
     for first in range(0, len(cells), HEAD_ROWS):
@@ -92,7 +94,8 @@ def read_columns(prefix: SharedPrefix, states: torch.Tensor, cells: torch.Tensor
         if greedy is not None:
             chosen = logits.index_fill(1, torch.tensor(suppressed, device=logits.device, dtype=torch.long), -math.inf)
             if bias is not None:
-                chosen[:, bias[0]] += torch.tensor(bias[1], dtype=chosen.dtype, device=chosen.device)
+                rows = cells[first:last, 0].to(bias[1].device)
+                chosen[:, bias[0]] += bias[1][rows].to(device=chosen.device, dtype=chosen.dtype)
             greedy[first:last] = chosen.argmax(-1)
         here = (term_cell >= first) & (term_cell < last)
         if bool(here.any()):

@@ -14,8 +14,8 @@ sentences) is drafted from the trained sentences where they hold the longest suf
 decided so far (prompt-lookup drafting), and decoded token by token only where no sentence holds
 even its last token. With class scoring, the first pass is also the scoring pass (the class
 answers of the scored templates are the first draft): one forward serves both. ``bias`` (the
-answer prior, ``model/answer_prior.py``) is added to the logits before every argmax, as
-``generate``'s ``sequence_bias``.
+answer prior, ``model/answer_prior.py``, one row per face) is added to the logits before every
+argmax, as ``generate`` adds it through ``ClassWordBias``.
 """
 
 from __future__ import annotations
@@ -135,20 +135,22 @@ class Row:
 class TemplateDecoder:
     """Greedy decoding with drafts from ``trie`` (see the module docstring); ``scorer`` gives the
     prompt layout and embeddings, ``eos_id`` ends an answer, ``suppressed`` tokens are never chosen
-    (as ``generate``'s ``suppress_tokens``), ``bias`` is added to the logits (its ``sequence_bias``)."""
+    (as ``generate``'s ``suppress_tokens``)."""
 
     def __init__(self, scorer: ClassScorer, trie: AnswerTrie, eos_id: int, suppressed: list[int],
-                 draft_tokens: int = DRAFT_TOKENS, bias: TokenBias | None = None) -> None:
+                 draft_tokens: int = DRAFT_TOKENS) -> None:
         self.scorer, self.trie, self.eos_id = scorer, trie, eos_id
-        self.suppressed, self.draft_tokens, self.bias = suppressed, draft_tokens, bias
+        self.suppressed, self.draft_tokens = suppressed, draft_tokens
         self.passes = 0
         """LLM passes of the last ``decode`` (for tests and benchmarks)."""
 
     def decode(self, prefix: SharedPrefix, points: torch.Tensor, prompts: list[list[int]], max_new_tokens: int,
-               answers: list[list[list[int]]] | None = None) -> tuple[list[list[int]], torch.Tensor | None]:
+               answers: list[list[list[int]]] | None = None, bias: TokenBias | None = None
+               ) -> tuple[list[list[int]], torch.Tensor | None]:
         """Greedy answer tokens (without [EOS]) of each prompt (ids starting with the shared prefix,
         ``SharedPrefix.starts``), and with ``answers`` (``ClassScorer.answers``) their summed
-        log-likelihoods ``[B, T, 8]`` from the first pass."""
+        log-likelihoods ``[B, T, 8]`` from the first pass. ``bias``: each prompt's token bias, added to
+        its logits before every argmax."""
         p, device = len(prefix.ids), points.device
         rests = [ids[p:] for ids in prompts]
         rows = [Row(start=len(ids)) for ids in prompts]
@@ -163,14 +165,15 @@ class TemplateDecoder:
         extra = [(b, c) for b, (tree, last) in enumerate(zip(layout.rows, layout.prompt_last))
                  for c in range(last, len(tree))]
         scores, greedy = ClassScorer.tree_totals(prefix, layout, states, len(answers or []), extra, self.suppressed,
-                                                 self.bias)
+                                                 bias)
         visible = torch.zeros_like(real)
         for b, (row, tree, last) in enumerate(zip(rows, layout.rows, layout.prompt_last)):
             visible[b, :last + 1] = True
             for column in self._walk(row, tree, last, b, greedy, max_new_tokens):
                 visible[b, column] = True
         past = torch.cat([torch.ones(len(rows), p, dtype=torch.bool, device=device), visible], 1)
-        weights = (scores.softmax(-1).mean(1).tolist() if answers
+        adjusted = scores if bias is None or not answers else scores + bias[1].to(scores.device)[:, None, :]
+        weights = (adjusted.softmax(-1).mean(1).tolist() if answers
                    else [[1.0] * self.trie.n_classes] * len(rows))
         active = list(range(len(rows)))
         while True:
@@ -182,6 +185,8 @@ class TemplateDecoder:
                 cache.batch_select_indices(index)
                 past = past[index]
                 active = [active[i] for i in keep]
+                if bias is not None:
+                    bias = (bias[0], bias[1][index.to(bias[1].device)])
             trees, budget = [], min(self.draft_tokens, max(DRAFT_MIN, self.draft_tokens // len(active)))
             for b in active:
                 tree = TokenTree()
@@ -193,8 +198,7 @@ class TemplateDecoder:
             self.passes += 1
             cells = [(i, c) for i, tree in enumerate(trees) for c in range(len(tree))]
             none = torch.zeros(0, dtype=torch.long, device=device)
-            _, tokens = read_columns(prefix, states, torch.tensor(cells, device=device), none, none, self.suppressed,
-                                     self.bias)
+            _, tokens = read_columns(prefix, states, torch.tensor(cells, device=device), none, none, self.suppressed, bias)
             greedy = dict(zip(cells, tokens.tolist()))
             visible = torch.zeros_like(real)
             for i, (b, tree) in enumerate(zip(active, trees)):

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from facephi.data.instruction import IGNORE_INDEX, PromptFormatter, prepare_tokenizer
-from facephi.model.answer_prior import AnswerPrior, sequence_bias
+from facephi.model.answer_prior import AnswerPrior, ClassWordBias
 from facephi.model.class_scoring import ClassScorer, class_probabilities, reduce_templates
 from facephi.model.decoding import AnswerTrie, TemplateDecoder, plain_greedy
 from facephi.model.embeddings import resize_embeddings
@@ -64,8 +64,9 @@ class FacePhiModel(nn.Module):
         self.formatter = PromptFormatter(tokenizer, config.max_length, config.projector.tokens)
         self.prefix = SharedPrefix(llm, self.formatter, config)
         self.scorer = ClassScorer(self.formatter, self.embed)
-        self.answer_prior = AnswerPrior(config, self.scorer)
-        """The class prior divided out of answers and probabilities (``model/answer_prior.py``)."""
+        self.answer_prior = AnswerPrior(config, self.scorer, self.encoder)
+        """The training prior divided out of answers and probabilities, the encoder's class probabilities
+        multiplied in (``model/answer_prior.py``)."""
         self.int8 = False
         """Answer through an int8 copy of the LLM (``set_precision("int8")``)."""
         self._answering_copy: tuple[Any, SharedPrefix] | None = None  # (key, prefix of answering_prefix's copy)
@@ -288,17 +289,19 @@ class FacePhiModel(nn.Module):
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, points: torch.Tensor,
                  max_new_tokens: int = 32, **generate_kwargs: Any) -> list[str]:
         """Answers for a left-padded batch of prompts by ``transformers``' ``generate`` (greedy unless
-        ``generate_kwargs`` say otherwise): the plain reference of ``answer``."""
-        from transformers import GenerationConfig
+        ``generate_kwargs`` say otherwise; the answer prior's class-word bias): the plain reference of
+        ``answer``."""
+        from transformers import GenerationConfig, LogitsProcessorList
 
         tokenizer = self.tokenizer
         config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
-                                  eos_token_id=tokenizer.eos_token_id, suppress_tokens=self.suppressed_tokens(),
-                                  sequence_bias=sequence_bias(self.answer_prior.bias()))
+                                  eos_token_id=tokenizer.eos_token_id, suppress_tokens=self.suppressed_tokens())
         config.update(**generate_kwargs)
         with self._answering():
+            bias = self.answer_prior.token_bias(points)
+            processors = LogitsProcessorList([] if bias is None else [ClassWordBias(bias)])
             new_tokens = self.llm.generate(inputs_embeds=self.embed(input_ids, points), attention_mask=attention_mask,
-                                           generation_config=config)
+                                           generation_config=config, logits_processor=processors)
         return [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
     def answer(self, points: torch.Tensor, instructions: list[str], max_new_tokens: int = 32) -> list[str]:
@@ -314,8 +317,7 @@ class FacePhiModel(nn.Module):
         answering's first pass."""
         answers = self.scorer.answers(templates)
         texts, scores = self._answer(points, instructions, max_new_tokens, answers)
-        prior = self.answer_prior.weights() if prior is None else prior
-        return texts, class_probabilities(reduce_templates(scores), prior)
+        return texts, self._probabilities(reduce_templates(scores), points, prior)
 
     def _answer(self, points: Any, instructions: list[str], max_new_tokens: int,
                 answers: list[list[list[int]]] | None) -> tuple[list[str], torch.Tensor | None]:
@@ -328,7 +330,8 @@ class FacePhiModel(nn.Module):
         if (self.fast_path and max_new_tokens >= 1 and prefix.tree_attention_supported() and plain_greedy(self.llm)
                 and all(prefix.starts(ids) for ids in prompts)):
             with self._answering():
-                tokens, scores = self.decoder().decode(prefix, points, prompts, max_new_tokens, answers)
+                tokens, scores = self.decoder().decode(prefix, points, prompts, max_new_tokens, answers,
+                                                       self.answer_prior.token_bias(points))
             texts = [text.strip() for text in self.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
             return texts, scores
         batch = self.formatter.pad_prompts(prompts)
@@ -341,12 +344,11 @@ class FacePhiModel(nn.Module):
         return texts, scores
 
     def decoder(self) -> TemplateDecoder:
-        """The template-drafted greedy decoder (its trie: the 80 trained answers; the answer prior's bias)."""
+        """The template-drafted greedy decoder (its trie: the 80 trained answers)."""
         if self._decoder is None:
             trie = AnswerTrie([(seq[:-1], k) for per_class in self.scorer.answers("all")
                                for k, seq in enumerate(per_class)], len(self.scorer.answers()[0]))
             self._decoder = TemplateDecoder(self.scorer, trie, self.tokenizer.eos_token_id, self.suppressed_tokens())
-        self._decoder.bias = self.answer_prior.bias()
         return self._decoder
 
     # ------------------------------------------------------------------ class scoring
@@ -372,10 +374,15 @@ class FacePhiModel(nn.Module):
 
         ``prior`` (8 positive numbers, e.g. class frequencies; need not sum to 1): logit adjustment,
         the scores minus ``log(prior)`` before the softmax (``p_k / pi_k / sum_j p_j / pi_j``); None:
-        the model's answer prior (``answer_prior.weights()``, none when its τ is 0).
+        the model's answer prior (``answer_prior``: none when its τ is 0). The encoder's class
+        probabilities (``encoder_weight``) are multiplied in either way.
         """
         scores = self.class_log_likelihoods(points, instructions, templates)
-        return class_probabilities(scores, self.answer_prior.weights() if prior is None else prior)
+        return self._probabilities(scores, points, prior)
+
+    def _probabilities(self, scores: torch.Tensor, points: Any, prior: Any) -> torch.Tensor:
+        points = torch.as_tensor(points).to(self.projector.net[0].weight.device)
+        return class_probabilities(self.answer_prior.adjust(scores, points, own_prior=prior is None), prior)
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, directory: str | os.PathLike[str], save_llm: bool | None = None,

@@ -40,6 +40,9 @@ class FacePhiConfig(Config):
     class probabilities with strength ``answer_prior_tau`` (``model/answer_prior.py``)."""
     answer_prior_tau: float = 0.0
     """τ of the answer prior: argmax log p − τ · log prior (0: the LLM's own answers)."""
+    encoder_weight: float = 0.0
+    """λ: the landmark encoder's own class log-probabilities, times λ, added to the answers' class words
+    and the class scores (an ensemble of the LLM and its encoder's classifier; 0: off)."""
 
     config_type: ClassVar[str] = CONFIG_TYPE
 

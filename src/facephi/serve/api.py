@@ -217,7 +217,7 @@ class FacePhi:
     def from_pretrained(cls, path: str | Path | None = None, device: Any = "auto", threads: int | None = None,
                         instruction: str | None = None, max_new_tokens: int = 32, batch_size: int = 16,
                         precision: str = "float32", *, flag: str | None = None,
-                        answer_prior_tau: float | None = None) -> "FacePhi":
+                        answer_prior_tau: float | None = None, encoder_weight: float | None = None) -> "FacePhi":
         """Load a FacePhi model or landmark encoder folder (default: ``$FACEPHI_MODEL``, else the
         shipped ``facephi/models/facephi-smollm2-ferplus``) onto ``device`` ("auto": CUDA when available).
 
@@ -228,8 +228,8 @@ class FacePhi:
         ``precision``: what the LLM computes in (``float32``, the reported figures; ``bfloat16``;
         ``auto``: bfloat16 where the CPU or GPU has native bfloat16 arithmetic, else float32; see
         :mod:`facephi.model.precision`); ``flag``: the command-line option that named ``path``, for
-        error messages; ``answer_prior_tau``: τ of the model's answer prior (``model/answer_prior.py``;
-        None: the model's own).
+        error messages; ``answer_prior_tau``, ``encoder_weight``: τ and λ of the model's answer prior
+        (``model/answer_prior.py``; None: the model's own).
         """
         if precision not in PRECISIONS:
             raise FacePhiError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -245,9 +245,13 @@ class FacePhi:
                 predictor.precision = predictor.model.set_precision(precision)
                 if answer_prior_tau is not None:
                     predictor.model.answer_prior.set_tau(answer_prior_tau)
-            elif answer_prior_tau is not None:
-                raise FacePhiError(f"answer_prior_tau: applies to a FacePhi model's answers, {path} is a landmark "
-                                   "encoder")
+                if encoder_weight is not None:
+                    predictor.model.answer_prior.set_encoder_weight(encoder_weight)
+            else:
+                for name, value in (("answer_prior_tau", answer_prior_tau), ("encoder_weight", encoder_weight)):
+                    if value is not None:
+                        raise FacePhiError(f"{name}: applies to a FacePhi model's answers, {path} is a landmark "
+                                           "encoder")
         return cls(predictor, threads=None if threads is None else int(threads))
 
     @property

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from facephi.config import Config, setting
-from facephi.eval.config import ANSWER_PRIOR_HELP, MAX_NEW_TOKENS
+from facephi.eval.config import ANSWER_PRIOR_HELP, ENCODER_WEIGHT_HELP, MAX_NEW_TOKENS
 from facephi.model.precision import PRECISIONS
 from facephi.utils.errors import FacePhiError
 
@@ -58,6 +58,7 @@ class PredictConfig(Config):
                                   "scoring on CPUs with native bfloat16, slightly different numbers); auto = "
                                   "bfloat16 where the CPU or GPU has native bfloat16 arithmetic, else float32")
     answer_prior_tau: float | None = setting(None, min=0, max=10, metavar="TAU", help=ANSWER_PRIOR_HELP)
+    encoder_weight: float | None = setting(None, min=0, max=10, metavar="WEIGHT", help=ENCODER_WEIGHT_HELP)
 
 
 @dataclass
