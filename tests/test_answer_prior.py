@@ -56,20 +56,20 @@ def test_answers_with_a_prior_equal_generate_and_probabilities_divide_it_out(tau
     expected = expected / expected.sum(-1, keepdim=True)
     assert torch.allclose(probabilities.double(), expected, atol=1e-5)
     assert torch.allclose(model.class_probabilities(points, ASKED).double(), expected, atol=1e-5)
-    assert (model.answer_prior.token_bias(points) is None) == (tau == 0)
+    assert (model.answer_prior.token_bias(None, len(points), points.device) is None) == (tau == 0)
 
 
 def test_bias_sits_on_the_first_token_where_the_class_answers_part():
     model = model_of("llama", 1)
     answers = model.scorer.answers()[0]
     with_prior(model, [0.5] * len(CLASSES), 2.0)
-    tokens, values = model.answer_prior.token_bias(faces(n=2))
+    tokens, values = model.answer_prior.token_bias(None, 2, torch.device("cpu"))
     at = next(i for i in range(len(answers[0])) if len({a[i] for a in answers}) > 1)
     assert tokens == class_words(answers) == [a[at] for a in answers]
     assert values.shape == (2, len(CLASSES))
     assert values.flatten().tolist() == pytest.approx([-2.0 * math.log(0.5)] * 2 * len(CLASSES))
     model.answer_prior.set_tau(0.0)
-    assert model.answer_prior.token_bias(faces(n=2)) is None
+    assert model.answer_prior.token_bias(None, 2, torch.device("cpu")) is None
 
 
 def with_encoder_head(model):
@@ -105,6 +105,15 @@ def test_encoder_weight_steers_each_face_by_its_own_encoder_and_both_paths_agree
     favoured = [names[k] for k in log_q.argmax(-1).tolist()]
     assert len(set(favoured)) > 1, "the test's faces should favour different classes"
     assert all(answer.startswith(name) for answer, name in zip(answers, favoured)), (answers, favoured)
+
+
+def test_the_encoder_reads_each_batch_once_for_answer_and_probabilities():
+    model = with_encoder_head(model_of("llama", 1))
+    head, calls = model.encoder.class_logits, []
+    model.encoder.class_logits = lambda points: calls.append(len(points)) or head(points)
+    model.answer_prior.set_encoder_weight(1.0)
+    model.answer_and_probabilities(faces(n=3), ASKED, NEW_TOKENS)
+    assert calls == [3]
 
 
 def test_encoder_weight_needs_an_encoder_with_class_logits():

@@ -206,7 +206,7 @@ def evaluate_model(
             scores = scores.detach().double().cpu()
             answer_prior = getattr(model, "answer_prior", None)  # a FacePhiModel's; other scorers have none
             if answer_prior is not None:
-                scores = answer_prior.adjust(scores, points.to(device))
+                scores = answer_prior.adjust(scores, answer_prior.encoder_log_probs(points.to(device)))
             probabilities = class_probabilities(scores).numpy()
             for record, probs in zip(records, probabilities):
                 scored = int(probs.argmax())

@@ -118,33 +118,41 @@ class AnswerPrior:
             raise FacePhiError(f"{where}: {weight:g} needs an encoder with class logits, and this model's "
                                f"{type(self.encoder).__name__} has none")
 
-    def rows(self, points: torch.Tensor, own_prior: bool = True) -> torch.Tensor | None:
-        """The class bias ``[B, 8]`` (float64, CPU) of each face of ``points`` (without the prior term
-        unless ``own_prior``); None when off."""
+    def encoder_log_probs(self, points: torch.Tensor) -> torch.Tensor | None:
+        """``log q`` ``[B, 8]`` (float32) of each face of ``points`` (normalised, on the encoder's
+        device), computed once per batch and handed to ``token_bias`` and ``adjust``; None when
+        ``encoder_weight`` is 0."""
+        self._check_weight(self.config.encoder_weight, "config encoder_weight")
+        if not self.config.encoder_weight:
+            return None
+        training = self.encoder.training
+        try:
+            with torch.inference_mode():
+                return self.encoder.eval().class_logits(points).float().log_softmax(-1)
+        finally:
+            self.encoder.train(training)
+
+    def rows(self, log_q: torch.Tensor | None, count: int, own_prior: bool = True) -> torch.Tensor | None:
+        """The class bias ``[count, 8]`` (float64, CPU) of each face (``log_q``: ``encoder_log_probs`` of
+        the faces; without the prior term unless ``own_prior``); None when off."""
         config = self.config
         check_answer_prior(config.answer_prior, config.answer_prior_tau, "config answer_prior")
-        self._check_weight(config.encoder_weight, "config encoder_weight")
-        log_q = None
-        if config.encoder_weight:
-            training = self.encoder.training
-            try:
-                with torch.inference_mode():
-                    log_q = self.encoder.eval().class_logits(points).float().log_softmax(-1)
-            finally:
-                self.encoder.train(training)
+        if config.encoder_weight and (log_q is None or len(log_q) != count):
+            raise ValueError(f"encoder_weight {config.encoder_weight:g}: need encoder_log_probs of the {count} faces")
         tau = config.answer_prior_tau if own_prior else 0.0
         bias = class_bias(config.answer_prior, tau, log_q, config.encoder_weight)
-        return None if bias is None else bias.expand(len(points), -1)
+        return None if bias is None else bias.expand(count, -1)
 
-    def token_bias(self, points: torch.Tensor) -> TokenBias | None:
-        """The class words' logit biases of each face's answer (float32 ``[B, 8]``); None when off."""
-        bias = self.rows(points)
+    def token_bias(self, log_q: torch.Tensor | None, count: int, device: torch.device) -> TokenBias | None:
+        """The class words' logit biases of each face's answer (float32 ``[count, 8]`` on ``device``);
+        None when off."""
+        bias = self.rows(log_q, count)
         if bias is None:
             return None
-        return class_words(self.scorer.answers()[0]), bias.float().to(points.device)
+        return class_words(self.scorer.answers()[0]), bias.float().to(device)
 
-    def adjust(self, scores: torch.Tensor, points: torch.Tensor, own_prior: bool = True) -> torch.Tensor:
+    def adjust(self, scores: torch.Tensor, log_q: torch.Tensor | None, own_prior: bool = True) -> torch.Tensor:
         """Class scores ``[B, 8]`` plus the class bias (what ``class_probabilities`` softmaxes; without
         the prior term unless ``own_prior``: a caller's prior replaces it)."""
-        bias = self.rows(points, own_prior)
+        bias = self.rows(log_q, len(scores), own_prior)
         return scores if bias is None else scores + bias.to(device=scores.device, dtype=scores.dtype)

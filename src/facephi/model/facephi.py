@@ -287,10 +287,11 @@ class FacePhiModel(nn.Module):
         return sorted({self.landmark_id, tokenizer.pad_token_id} - {tokenizer.eos_token_id})
 
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, points: torch.Tensor,
-                 max_new_tokens: int = 32, **generate_kwargs: Any) -> list[str]:
+                 max_new_tokens: int = 32, encoder_log_probs: torch.Tensor | None = None,
+                 **generate_kwargs: Any) -> list[str]:
         """Answers for a left-padded batch of prompts by ``transformers``' ``generate`` (greedy unless
-        ``generate_kwargs`` say otherwise; the answer prior's class-word bias): the plain reference of
-        ``answer``."""
+        ``generate_kwargs`` say otherwise; the answer prior's class-word bias, from ``encoder_log_probs``
+        when given, else computed): the plain reference of ``answer``."""
         from transformers import GenerationConfig, LogitsProcessorList
 
         tokenizer = self.tokenizer
@@ -298,7 +299,8 @@ class FacePhiModel(nn.Module):
                                   eos_token_id=tokenizer.eos_token_id, suppress_tokens=self.suppressed_tokens())
         config.update(**generate_kwargs)
         with self._answering():
-            bias = self.answer_prior.token_bias(points)
+            log_q = self.answer_prior.encoder_log_probs(points) if encoder_log_probs is None else encoder_log_probs
+            bias = self.answer_prior.token_bias(log_q, len(points), points.device)
             processors = LogitsProcessorList([] if bias is None else [ClassWordBias(bias)])
             new_tokens = self.llm.generate(inputs_embeds=self.embed(input_ids, points), attention_mask=attention_mask,
                                            generation_config=config, logits_processor=processors)
@@ -316,32 +318,34 @@ class FacePhiModel(nn.Module):
         """``answer`` and ``class_probabilities`` together; with ``fast_path`` the scoring pass is also
         answering's first pass."""
         answers = self.scorer.answers(templates)
-        texts, scores = self._answer(points, instructions, max_new_tokens, answers)
-        return texts, self._probabilities(reduce_templates(scores), points, prior)
+        texts, scores, log_q = self._answer(points, instructions, max_new_tokens, answers)
+        return texts, self._probabilities(reduce_templates(scores), log_q, prior)
 
-    def _answer(self, points: Any, instructions: list[str], max_new_tokens: int,
-                answers: list[list[list[int]]] | None) -> tuple[list[str], torch.Tensor | None]:
+    def _answer(self, points: Any, instructions: list[str], max_new_tokens: int, answers: list[list[list[int]]] | None
+                ) -> tuple[list[str], torch.Tensor | None, torch.Tensor | None]:
+        """Answers, with ``answers`` their class scores, and the faces' ``encoder_log_probs``."""
         if len(instructions) != len(points):
             raise FacePhiError(f"answer: {len(instructions)} instructions for {len(points)} landmark sets")
         prompts = [self.formatter.encode_prompt(text) for text in instructions]
         device = self.projector.net[0].weight.device
         points = torch.as_tensor(points).to(device)
+        log_q = self.answer_prior.encoder_log_probs(points)
         prefix = self.answering_prefix()
         if (self.fast_path and max_new_tokens >= 1 and prefix.tree_attention_supported() and plain_greedy(self.llm)
                 and all(prefix.starts(ids) for ids in prompts)):
             with self._answering():
                 tokens, scores = self.decoder().decode(prefix, points, prompts, max_new_tokens, answers,
-                                                       self.answer_prior.token_bias(points))
+                                                       self.answer_prior.token_bias(log_q, len(points), device))
             texts = [text.strip() for text in self.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
-            return texts, scores
+            return texts, scores, log_q
         batch = self.formatter.pad_prompts(prompts)
         texts = self.generate(batch["input_ids"].to(device), batch["attention_mask"].to(device), points,
-                              max_new_tokens=max_new_tokens)
+                              max_new_tokens=max_new_tokens, encoder_log_probs=log_q)
         if answers is None:
-            return texts, None
+            return texts, None, log_q
         with self._answering():
             scores = self.scorer.plain_scores(self.prefix, points, instructions, answers, self.fast_path)
-        return texts, scores
+        return texts, scores, log_q
 
     def decoder(self) -> TemplateDecoder:
         """The template-drafted greedy decoder (its trie: the 80 trained answers)."""
@@ -378,11 +382,11 @@ class FacePhiModel(nn.Module):
         probabilities (``encoder_weight``) are multiplied in either way.
         """
         scores = self.class_log_likelihoods(points, instructions, templates)
-        return self._probabilities(scores, points, prior)
+        log_q = self.answer_prior.encoder_log_probs(torch.as_tensor(points).to(self.projector.net[0].weight.device))
+        return self._probabilities(scores, log_q, prior)
 
-    def _probabilities(self, scores: torch.Tensor, points: Any, prior: Any) -> torch.Tensor:
-        points = torch.as_tensor(points).to(self.projector.net[0].weight.device)
-        return class_probabilities(self.answer_prior.adjust(scores, points, own_prior=prior is None), prior)
+    def _probabilities(self, scores: torch.Tensor, log_q: torch.Tensor | None, prior: Any) -> torch.Tensor:
+        return class_probabilities(self.answer_prior.adjust(scores, log_q, own_prior=prior is None), prior)
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, directory: str | os.PathLike[str], save_llm: bool | None = None,
