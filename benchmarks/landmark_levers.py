@@ -53,10 +53,12 @@ class Lever:
     standardise: bool = True  # every coordinate by its Train mean / std
     soft_targets: bool = False  # the FER+ vote distribution as the target
     anisotropic: float = 0.0  # random per-axis scale exp(U(-a, a)) while training
+    rotation: tuple[float, float, float] = (0.0, 0.0, 0.0)  # random ± degrees about x, y, z (pitch, yaw, roll)
     loss_tau: float = 0.0  # logit-adjusted loss (Menon et al. 2021) while training
     mirror_tta: bool = False  # average the log-probabilities of the face and its mirror
     seeds: tuple[int, ...] = (0,)  # several: the ensemble's mean log-probability
     recrop: bool = False  # web-dev re-meshed from grey 48 × 48 crops framed like FER+ (test time only)
+    resampled: bool = False  # each epoch, each Train face from its original mesh or a --resampled re-mesh
 
     def training_key(self, seed: int) -> "Lever":
         """What decides the trained weights (rows that differ only at test time share a model)."""
@@ -69,12 +71,14 @@ LEVERS = (
     Lever("+ mirror test-time augmentation", mirror_tta=True),
     Lever("+ soft vote targets", soft_targets=True),
     Lever("+ anisotropic scale augmentation ±10 %", anisotropic=0.1),
+    Lever("+ 3D head rotation augmentation (pitch ±20°, yaw ±30°, roll ±15°)", rotation=(20.0, 30.0, 15.0)),
     Lever("+ logit-adjusted loss (τ = 1 in training)", loss_tau=1.0),
     Lever("no Kabsch alignment", align=False),
     Lever("inter-ocular scale", inter_ocular=True),
     Lever("x, y only", channels=2),
     Lever("no per-coordinate standardisation", standardise=False),
     Lever("ensemble of 3 seeds", seeds=(0, 1, 2)),
+    Lever("+ FER+ Train re-meshed at other resolutions", resampled=True),
     Lever("web-dev re-meshed from grey 48 × 48 crops", recrop=True),
     # combinations of the rows above
     Lever("ensemble of 3 seeds + mirror test-time augmentation", seeds=(0, 1, 2), mirror_tta=True),
@@ -82,6 +86,9 @@ LEVERS = (
           seeds=(0, 1, 2), mirror_tta=True),
     Lever("anisotropic scale + x, y only + soft vote targets + mirror test-time augmentation", anisotropic=0.1,
           channels=2, soft_targets=True, mirror_tta=True),
+    Lever("re-meshed at other resolutions + anisotropic scale", resampled=True, anisotropic=0.1),
+    Lever("re-meshed at other resolutions + anisotropic scale + ensemble of 3 seeds + mirror test-time augmentation",
+          resampled=True, anisotropic=0.1, seeds=(0, 1, 2), mirror_tta=True),
 )
 BASE = "MLP (base)"
 
@@ -97,6 +104,8 @@ class FaceSet:
     votes: np.ndarray | None = None  # [N, 8] FER+ votes (training set only)
     missed: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     paths: list[str] | None = None  # image paths relative to the raw folder (web-dev)
+    remeshed: list["FaceSet"] = dataclasses.field(default_factory=list)
+    """The same faces re-meshed at other resolutions (row by row; a face a re-mesh missed keeps its own)."""
 
 
 @dataclass
@@ -120,12 +129,14 @@ def normalised(lever: Lever, normalizer: Any, faces: FaceSet) -> np.ndarray:
     return points.astype(np.float32)
 
 
-def train(lever: Lever, points: np.ndarray, faces: FaceSet, prior: np.ndarray, seed: int, settings: Settings):
-    """A classifier trained on normalised Train ``points`` (labels / votes from ``faces``)."""
+def train(lever: Lever, points: np.ndarray, faces: FaceSet, prior: np.ndarray, seed: int, settings: Settings,
+          remeshed: list[np.ndarray] = ()):
+    """A classifier trained on normalised Train ``points`` (labels / votes from ``faces``); with
+    ``lever.resampled`` each face of a batch is drawn from ``points`` or one of ``remeshed`` (same rows)."""
     import torch
     from torch import nn
 
-    from facephi.landmarks.augment import mirror
+    from facephi.landmarks.augment import mirror, rotation_matrices
     from facephi.model.landmark_mlp import LandmarkMLPConfig, LandmarkMLPEncoder
     from facephi.model.losses import logit_adjusted_cross_entropy
 
@@ -152,10 +163,17 @@ def train(lever: Lever, points: np.ndarray, faces: FaceSet, prior: np.ndarray, s
         for step in range(steps):
             batch = order[step * settings.batch:(step + 1) * settings.batch]
             x = points[batch].copy()
+            if lever.resampled:
+                source = rng.integers(0, len(remeshed) + 1, len(batch))
+                for k, other in enumerate(remeshed, start=1):
+                    x[source == k] = other[batch[source == k]]
             flip = rng.random(len(x)) < 0.5
             x[flip] = mirror(x[flip])
             if lever.anisotropic:
                 x *= np.exp(rng.uniform(-lever.anisotropic, lever.anisotropic, (len(x), 1, 3))).astype(np.float32)
+            if any(lever.rotation):
+                angles = np.deg2rad(rng.uniform(-1, 1, (len(x), 3)) * np.asarray(lever.rotation))
+                x = (x @ np.swapaxes(rotation_matrices(angles), -1, -2)).astype(np.float32)
             logits = net(torch.as_tensor(x[..., :lever.channels]))
             if lever.soft_targets:
                 loss = -(targets[batch] * torch.log_softmax(logits, 1)).sum(1).mean()
@@ -210,10 +228,13 @@ def run_levers(levers: tuple[Lever, ...], train_set: FaceSet, eval_sets: list[Fa
         started = time.perf_counter()
         normalizer = fitted if lever.align else Normalizer(align=False)
         train_points = normalised(lever, normalizer, train_set)
+        if lever.resampled and not train_set.remeshed:
+            raise ValueError(f"{lever.name}: needs --resampled extractions")
+        remeshed = [normalised(lever, normalizer, other) for other in train_set.remeshed] if lever.resampled else []
         for seed in lever.seeds:
             key = lever.training_key(seed)
             if key not in models:
-                models[key] = train(lever, train_points, train_set, prior, seed, settings)
+                models[key] = train(lever, train_points, train_set, prior, seed, settings, remeshed)
         nets = [models[lever.training_key(seed)] for seed in lever.seeds]
         if lever.recrop and recropped is None:
             raise ValueError(f"{lever.name}: needs the re-cropped set")
@@ -351,8 +372,46 @@ def failed_labels(root: Path) -> np.ndarray:
     return np.asarray(labels, dtype=np.int64)
 
 
-def load_sets(data: Path, web: Path) -> tuple[FaceSet, list[FaceSet]]:
-    """FER+ Train; FER+ Valid, FER+ Test and web-dev (every labelled photo) as evaluated sets."""
+def remeshed_like(train: FaceSet, root: Path) -> FaceSet:
+    """``train``'s faces as the extraction ``root`` (of the same images) meshed them, row by row; a face
+    ``root`` did not find keeps ``train``'s own landmarks."""
+    from facephi.landmarks.store import LandmarkSet
+    from facephi.utils.errors import FacePhiError
+
+    other = LandmarkSet.load(root, drop_invalid=True)
+    rows = {sample["path"]: i for i, sample in enumerate(other.samples)}
+    found = np.array([rows.get(path, -1) for path in train.paths])
+    if (found >= 0).mean() < 0.9:
+        raise FacePhiError(f"--resampled {root}: holds only {(found >= 0).sum()} of the {len(found)} Train faces "
+                           f"of --data (is it an extraction of the same FER+ folder?)")
+    landmarks, sizes = train.landmarks.copy(), train.sizes.copy()
+    landmarks[found >= 0], sizes[found >= 0] = other.landmarks[found[found >= 0]], other.sizes[found[found >= 0]]
+    return FaceSet(f"{train.name} ({root.name})", landmarks, sizes, train.labels, train.votes, paths=train.paths)
+
+
+def remesh_shift(train: FaceSet, other: FaceSet) -> tuple[float, int]:
+    """(mean |coordinate change| in units of that coordinate's spread across Train faces, faces compared):
+    how far the re-mesh ``other`` moves ``train``'s aligned landmarks (faces it did not find left out)."""
+    from facephi.landmarks.normalize import Normalizer
+
+    normalizer = Normalizer(align=True).fit(train.landmarks, train.sizes)
+    own, moved = normalizer(train.landmarks, train.sizes), normalizer(other.landmarks, other.sizes)
+    found = (train.landmarks != other.landmarks).any(axis=(1, 2))
+    return float((np.abs(own - moved)[found] / own.std(0)).mean()), int(found.sum())
+
+
+def remesh_options(root: Path) -> str:
+    """The resampling options of the extraction ``root`` (its manifest), as command-line flags."""
+    from facephi.utils.io import read_json
+
+    options = read_json(root / "manifest.json").get("options", {})
+    flags = [f"--{key} {options[key]}" for key in ("upscale", "interpolation", "blur") if key in options]
+    return " ".join(flags) or "no resampling"
+
+
+def load_sets(data: Path, web: Path, resampled: list[Path] = ()) -> tuple[FaceSet, list[FaceSet]]:
+    """FER+ Train (with its ``resampled`` re-meshes); FER+ Valid, FER+ Test and web-dev (every labelled
+    photo) as evaluated sets."""
     from facephi.landmarks.store import LandmarkSet
 
     ferplus = LandmarkSet.load(data, drop_invalid=True)
@@ -367,7 +426,11 @@ def load_sets(data: Path, web: Path) -> tuple[FaceSet, list[FaceSet]]:
     web_faces = np.flatnonzero(web_set.labels >= 0)
     evaluated.append(face_set("web-dev", web_set, web_faces, failed_labels(web)))
     evaluated[-1].paths = [web_set.samples[i]["path"] for i in web_faces]
-    return face_set("FER+ Train", ferplus, ferplus.select("train")), evaluated
+    train_rows = ferplus.select("train")
+    train = face_set("FER+ Train", ferplus, train_rows)
+    train.paths = [ferplus.samples[i]["path"] for i in train_rows]
+    train.remeshed = [remeshed_like(train, root) for root in resampled]
+    return train, evaluated
 
 
 def main() -> int:
@@ -381,6 +444,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--web-images", type=Path,
                         help="web-dev's photos (the folder --web was extracted from), for the re-crop row")
+    parser.add_argument("--resampled", nargs="+", type=Path, default=[], metavar="DIR",
+                        help="FER+ re-extractions at other resolutions (facephi extract --upscale / --blur of the "
+                             "folder --data came from), for the re-mesh rows")
     parser.add_argument("--levers", nargs="+", metavar="NAME", help="only these rows (default: all)")
     args = parser.parse_args()
 
@@ -397,10 +463,11 @@ def main() -> int:
             raise FacePhiError(f"--levers: unknown row(s) {unknown}; rows: {list(known)}")
         levers = tuple(known[name] for name in args.levers) if args.levers else LEVERS
         skipped = {lever.name: "needs --web-images" for lever in levers if lever.recrop and args.web_images is None}
+        skipped |= {lever.name: "needs --resampled" for lever in levers if lever.resampled and not args.resampled}
         levers = tuple(lever for lever in levers if lever.name not in skipped)
         for path in (args.out, json_path):
             check_writable_dir(path.parent, "--out / --json")
-        train_set, eval_sets = load_sets(args.data, args.web)
+        train_set, eval_sets = load_sets(args.data, args.web, args.resampled)
         if any(lever.recrop for lever in levers):
             absent = [path for path in eval_sets[-1].paths if not (args.web_images / path).is_file()]
             if absent:
@@ -431,6 +498,7 @@ def main() -> int:
     command = (f"python benchmarks/landmark_levers.py --data {args.data} --web {args.web} --out {args.out} "
                f"--epochs {args.epochs} --hidden {args.hidden} --threads {args.threads}"
                + (f" --web-images {args.web_images}" if args.web_images else "")
+               + (" --resampled " + " ".join(map(str, args.resampled)) if args.resampled else "")
                + (" --levers " + " ".join(f"'{n}'" for n in args.levers) if args.levers else ""))
     web = eval_sets[-1]
     header = [
@@ -444,7 +512,17 @@ def main() -> int:
         f"one-cycle lr {settings.lr}, batch {settings.batch}, {settings.epochs} epochs, the last one kept, seed 0. "
         "Every other row changes one thing, up to the re-crop row; the rows after it combine the levers they "
         "name. τ: the answer is argmax(log p − τ · log Train prior).", "",
+        "Rotation row: the rotation turns the already aligned face (a rotation before the Kabsch alignment would be "
+        "undone by it exactly), so the MLP learns to ignore head pose that alignment did not remove.", "",
     ]
+    if train_set.remeshed and any(lever.resampled for lever in levers):
+        shifts = [remesh_shift(train_set, other) for other in train_set.remeshed]
+        header += ["Re-mesh rows: in each epoch each FER+ Train face is drawn at random from its own mesh or one of "
+                   "these re-extractions of the same images (`facephi extract` resampling options; a face a re-mesh "
+                   "did not find keeps its own): " + "; ".join(
+                       f"`{root}` ({remesh_options(root)}; {shift[1]} faces re-found, each coordinate moved by "
+                       f"{shift[0]:.2f} of its spread across faces on average)"
+                       for root, shift in zip(args.resampled, shifts)) + ".", ""]
     if recropped is not None:
         header += [f"Re-crop row: the base model on web-dev re-meshed from grey 48 × 48 crops framed like FER+ faces "
                    f"({len(recropped.labels)} of {len(eval_sets[-1].labels)} faces found again; the others count "

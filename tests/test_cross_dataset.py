@@ -163,6 +163,22 @@ def test_eval_cli_on_a_folder_dataset(tmp_path, capsys):
     assert "--mode score or both" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["eval", "predict"])
+@pytest.mark.parametrize("flag", ["--encoder-weight", "--answer-prior-tau"])
+def test_answer_flags_with_an_encoder_model_name_the_flag(tmp_path, capsys, monkeypatch, command, flag):
+    from facephi.cli import main
+    from facephi.serve import api
+    from train_fixtures import write_encoder
+
+    encoder = write_encoder(tmp_path / "encoder")
+    monkeypatch.setattr(api.Predictor, "from_pretrained", None)  # refused before any model loads
+    target = ["--data", str(write_photo_folder(tmp_path)), "--out", str(tmp_path / "out")] if command == "eval" else \
+        [str(tmp_path)]
+    assert main([command, "--model", str(encoder), *target, flag, "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"{flag}: applies to a FacePhi model's answers" in err and str(encoder) in err and "\n" not in err.strip()
+
+
 def test_eval_cli_checks_the_prior_before_loading_the_model(tmp_path, capsys):
     from facephi.cli import main
     from test_evaluate import tiny_facephi

@@ -255,6 +255,28 @@ def test_other_settings_are_refused_naming_them_unless_overwrite(example_images:
     assert LandmarkSet.load(out).landmarks.shape == (2, 478, 3)
 
 
+def test_resampling_meshes_another_image_and_is_part_of_the_fingerprint(example_images: Path, tmp_path: Path) -> None:
+    plain = extract(small(example_images, tmp_path / "plain"), progress=False)
+    assert not {"upscale", "interpolation", "blur"} & set(plain.manifest["options"])  # off: not recorded
+    out = tmp_path / "out"
+    resampled = extract(small(example_images, out, upscale=1024, interpolation="nearest", blur=1.5), progress=False)
+    assert {key: resampled.manifest["options"][key] for key in ("upscale", "interpolation", "blur")} == {
+        "upscale": 1024, "interpolation": "nearest", "blur": 1.5}
+    assert resampled.manifest["fingerprint"] != plain.manifest["fingerprint"]
+    first, second = LandmarkSet.load(tmp_path / "plain"), LandmarkSet.load(out)
+    assert [s["width"] for s in second.samples] == [s["width"] for s in first.samples]  # the source's size
+    moved = np.abs(first.landmarks - second.landmarks)[..., :2].max()
+    assert 0 < moved < 0.05  # the same faces, meshed from other pixels
+    with pytest.raises(FacePhiError, match="upscale 1024 → off, interpolation nearest → off, blur 1.5 → off"):
+        extract(small(example_images, out), progress=False)
+    with pytest.raises(FacePhiError, match="blur"):
+        ExtractConfig(example_images, out, blur=-1)
+    with pytest.raises(FacePhiError, match="interpolation"):
+        ExtractConfig(example_images, out, upscale=96, interpolation="bilinear")
+    with pytest.raises(FacePhiError, match="the filter of --upscale, which is not given"):
+        ExtractConfig(example_images, out, interpolation="nearest")
+
+
 def test_old_manifest_without_fingerprint_counts_as_different(example_images: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     extract(small(example_images, out), progress=False)

@@ -28,9 +28,17 @@ def run():
     settings = levers.Settings(epochs=3, hidden=32, batch=32, lr=3e-3, resamples=20)
     sets = [synthetic("valid", 48, 1), synthetic("test", 48, 2), synthetic("web", 40, 3, missed=8)]
     recropped = synthetic("web", 30, 4, missed=18)  # 10 faces lost by the re-crop
-    results = levers.run_levers(levers.LEVERS, synthetic("train", 256, 0), sets, settings, recropped,
-                                log=lambda _: None)
+    train = synthetic("train", 256, 0)
+    train.remeshed = [remeshed(train, 0.004)]
+    results = levers.run_levers(levers.LEVERS, train, sets, settings, recropped, log=lambda _: None)
     return results, sets
+
+
+def remeshed(faces: "levers.FaceSet", noise: float) -> "levers.FaceSet":
+    """``faces`` with other landmark noise (as a re-mesh at another resolution gives)."""
+    rng = np.random.default_rng(7)
+    moved = faces.landmarks + rng.normal(0, noise, faces.landmarks.shape).astype(np.float32)
+    return levers.FaceSet(faces.name, moved, faces.sizes, faces.labels, faces.votes)
 
 
 def test_every_row_every_tau_every_set(run):
@@ -87,3 +95,70 @@ def test_failed_labels_reads_class_folders(tmp_path):
     (tmp_path / "failures.csv").write_text("path,split,reason,detail\nnowhere.jpg,train,no face,x\n")
     with pytest.raises(Exception, match="line 2: no class folder"):
         levers.failed_labels(tmp_path)
+
+
+def test_remesh_rows_train_on_the_remeshes_and_need_them(run):
+    results, sets = run
+    remesh = [lever for lever in levers.LEVERS if lever.resampled]
+    assert remesh and all(lever.name in results for lever in remesh)
+    assert results[remesh[0].name][0.0]["valid"].accuracy > 0.5  # still learns the signal
+    settings = levers.Settings(epochs=1, hidden=8, batch=32, resamples=5)
+    with pytest.raises(ValueError, match="needs --resampled"):
+        levers.run_levers(remesh[:1], synthetic("train", 64, 0), sets, settings, log=lambda _: None)
+
+
+def test_train_draws_each_face_from_its_own_mesh_or_a_remesh(monkeypatch):
+    """With a re-mesh far from the original, a batch mixes both, row for row (same face, same label)."""
+    train = synthetic("train", 64, 0)
+    far = levers.FaceSet("far", train.landmarks + 100.0, train.sizes, train.labels, train.votes)
+    seen = []
+    from facephi.model.landmark_mlp import LandmarkMLPEncoder
+
+    original_forward = LandmarkMLPEncoder.forward
+
+    def spy(self, x):
+        if self.training:
+            seen.append(x.detach().numpy().copy())
+        return original_forward(self, x)
+
+    monkeypatch.setattr(LandmarkMLPEncoder, "forward", spy)
+    lever = levers.Lever("re-mesh", resampled=True, standardise=False)
+    settings = levers.Settings(epochs=2, hidden=8, batch=32, resamples=5)
+    levers.train(lever, train.landmarks, train, np.full(8, 1 / 8), 0, settings, [far.landmarks])
+    batch = np.concatenate(seen)
+    from_far = batch.mean(axis=(1, 2)) > 50
+    assert 0.3 < from_far.mean() < 0.7  # about half of the faces from each
+
+
+def test_remeshed_like_matches_faces_by_path_and_keeps_missed_ones(tmp_path):
+    import csv
+
+    from facephi.utils.errors import FacePhiError
+
+    train = synthetic("FER+ Train", 10, 0)
+    train.paths = [f"train/{i}.png" for i in range(10)]
+    root = tmp_path / "ferplus-up96"
+    root.mkdir()
+    found = [9, 8, 7, 6, 5, 3, 2, 1, 0]  # face 4 not found by the re-mesh; another order
+    other = np.random.default_rng(1).uniform(0.2, 0.8, (len(found), 478, 3)).astype(np.float32)
+    np.save(root / "landmarks.npy", other)
+    with open(root / "samples.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([["index", "path", "label", "split", "width", "height"],
+                                  *[[row, f"train/{i}.png", "neutral", "train", 48, 48] for row, i in enumerate(found)]])
+    got = levers.remeshed_like(train, root)
+    np.testing.assert_array_equal(got.landmarks[found], other)
+    np.testing.assert_array_equal(got.landmarks[4], train.landmarks[4])
+    assert list(got.labels) == list(train.labels)
+    train.paths = [f"valid/{i}.png" for i in range(10)]
+    with pytest.raises(FacePhiError, match="holds only 0 of the 10 Train faces"):
+        levers.remeshed_like(train, root)
+
+
+def test_remesh_shift_measures_only_the_faces_the_remesh_found():
+    train = synthetic("train", 64, 0)
+    other = remeshed(train, 0.004)
+    other.landmarks[:16] = train.landmarks[:16]  # not re-found: their own landmarks
+    shift, compared = levers.remesh_shift(train, other)
+    assert compared == 48 and 0 < shift < 10
+    more, _ = levers.remesh_shift(train, remeshed(train, 0.008))
+    assert more > shift

@@ -26,6 +26,17 @@ def add_progress_flag(parser: argparse.ArgumentParser) -> None:
                         help="progress bar on a terminal, else a progress line every 30 s (default: on)")
 
 
+def refuse_answer_options(model: Path, answer_prior_tau: float | None, encoder_weight: float | None) -> None:
+    """Before anything loads: ``--answer-prior-tau`` / ``--encoder-weight`` given with a landmark
+    encoder ``model`` (they shape a FacePhi model's answers) is a one-line FacePhiError naming the flag."""
+    from facephi.model.checkpoints import ENCODER, check_model_dir
+
+    given = [flag for flag, value in (("--answer-prior-tau", answer_prior_tau), ("--encoder-weight", encoder_weight))
+             if value is not None]
+    if given and check_model_dir(model, "--model") == ENCODER:
+        raise FacePhiError(f"{given[0]}: applies to a FacePhi model's answers, {model} is a landmark encoder")
+
+
 def _quiet_model_loading() -> None:
     """No Hugging Face progress bars ("Loading weights", "Writing model shards"): the commands say what they do."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from facephi.cli import add_progress_flag
+from facephi.cli import add_progress_flag, refuse_answer_options
 from facephi.config import add_arguments, from_args
 from facephi.eval.config import EvalConfig
 
@@ -50,9 +50,7 @@ def run(args: argparse.Namespace) -> int:
     if kind == ENCODER and config.prior != "uniform":
         raise FacePhiError(f"--prior {config.prior}: applies to a FacePhi model's class scoring, "
                            f"{config.model} is a landmark encoder")
-    for flag, value in (("--answer-prior-tau", config.answer_prior_tau), ("--encoder-weight", config.encoder_weight)):
-        if kind == ENCODER and value is not None:
-            raise FacePhiError(f"{flag}: applies to a FacePhi model's answers, {config.model} is a landmark encoder")
+    refuse_answer_options(config.model, config.answer_prior_tau, config.encoder_weight)
     if not config.data.exists():
         raise FacePhiError(f"{config.data}: not found (--data)")
     data = LandmarkSet.load(config.data)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator
 
+from facephi.cli import refuse_answer_options
 from facephi.config import add_arguments, from_args
 from facephi.serve.config import PredictConfig
 
@@ -85,10 +86,11 @@ def _plot_path(plot_dir: Path, video: Path, used: set[Path]) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from facephi.model.precision import resolve_device
-    from facephi.serve.api import FacePhi
+    from facephi.serve.api import FacePhi, model_path
     from facephi.serve.inputs import check_image_size, check_instruction
 
     config = from_args(PredictConfig, args)
+    refuse_answer_options(model_path(config.model), config.answer_prior_tau, config.encoder_weight)
     check_instruction(config.instruction, "--instruction")
     if config.image_size is not None:
         check_image_size(config.image_size, "--image-size")

@@ -7,7 +7,7 @@ Output folder ``DIR``:
 - ``samples.csv``: ``index,path,label,split,width,height,faces,padded`` (+ ``votes_<class>``,
   ``valence``, ``arousal`` when the source has them); ``index`` is the row of ``landmarks.npy``,
   ``path`` is relative to the source, ``width``/``height`` the size of the image the mesh saw (the
-  face crop when the source gives a face box);
+  face crop when the source gives a face box), before any ``upscale``;
 - ``failures.csv``: ``path,split,reason,detail`` for every image without landmarks;
 - ``manifest.json``: source, reader, options, the job fingerprint, counts per split and class,
   failures by reason, the run record (command, versions).
@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from facephi.config import Config, setting
-from facephi.landmarks.images import ImageError, crop_box, load_image
+from facephi.landmarks.images import INTERPOLATIONS, ImageError, crop_box, load_image, resample
 from facephi.landmarks.manifest import assemble_output
 from facephi.landmarks.mesh import FaceMesher, MeshError
 from facephi.presets import NUM_LANDMARKS
@@ -70,8 +70,18 @@ class ExtractConfig(Config):
     max_side: int = setting(1280, min=64, max=16384, metavar="PX",
                             help="downscale larger images to this longest side before the mesh")
     max_faces: int = setting(4, min=1, max=64, cli=False, help="faces the mesh looks for (the largest is kept)")
+    upscale: int | None = setting(None, min=16, max=4096, metavar="PX",
+                                  help="enlarge images (face crops) whose longest side is smaller to PX before the "
+                                       "mesh (default: never), e.g. to mesh FER+'s 48 px faces at another resolution")
+    interpolation: str = setting("cubic", choices=INTERPOLATIONS, help="the filter of --upscale")
+    blur: float = setting(0.0, min=0, max=20, metavar="SIGMA",
+                          help="Gaussian blur (sigma in the image's own pixels) before --upscale and the mesh")
     chunk_size: int = setting(128, min=1, metavar="N", help="images per resumable chunk")
     overwrite: bool = setting(False, help="replace an extraction with other settings (or other files) in --out")
+
+    def check(self) -> None:
+        if self.upscale is None and self.interpolation != "cubic":
+            raise self.error("interpolation", f"{self.interpolation} is the filter of --upscale, which is not given")
 
 
 @dataclass
@@ -80,6 +90,9 @@ class _MeshSettings:
     max_side: int
     max_faces: int
     crop_margin: float
+    upscale: int | None = None
+    interpolation: str = "cubic"
+    blur: float = 0.0
 
 
 @dataclass
@@ -121,7 +134,7 @@ def extract_one(
         if box is not None:
             image = crop_box(image, box, settings.crop_margin)
         info["width"], info["height"] = image.width, image.height
-        result = mesher(image.rgb)
+        result = mesher(resample(image.rgb, settings.upscale, settings.interpolation, settings.blur))
     except ImageError as exc:
         info.update(reason=exc.reason, detail=exc.detail)
         return None, info
@@ -185,7 +198,8 @@ def extract(config: ExtractConfig, progress: bool = True) -> ExtractResult:
     tasks = [
         (c, [(str(source / r.path), r.box) for r in chunks[c]], str(partial)) for c in pending
     ]
-    settings = _MeshSettings(config.padding, config.max_side, config.max_faces, config.crop_margin)
+    settings = _MeshSettings(config.padding, config.max_side, config.max_faces, config.crop_margin,
+                             config.upscale, config.interpolation, config.blur)
     _run_tasks(tasks, settings, config.workers, len(records), done_records, progress)
     manifest = assemble_output(out, partial, chunks, records, listing, _options(config),
                                {"source": str(config.source), **job["run"]}, described["fingerprint"])
@@ -214,6 +228,11 @@ _NOT_FINGERPRINTED = ("out", "workers", "overwrite")  # change nothing in the ou
 def _options(config: ExtractConfig) -> dict[str, Any]:
     """The settings recorded in ``job.json`` / ``manifest.json`` (JSON values; the source apart)."""
     options = {k: v for k, v in asdict(config).items() if k not in (*_NOT_FINGERPRINTED, "source")}
+    # resampling that is off is not recorded: extractions made before it existed keep their fingerprint
+    if options["upscale"] is None:
+        del options["upscale"], options["interpolation"]
+    if options["blur"] == 0:
+        del options["blur"]
     return json.loads(json.dumps(options, default=str))
 
 
@@ -285,9 +304,11 @@ def _differences(old: dict[str, Any] | None, new: dict[str, Any]) -> str:
         return "its record is unreadable"
     changes = [f"{key} {_show(old[key])} → {_show(new[key])}"
                for key in ("source", "reader") if old.get(key) not in (None, new[key])]
-    old_options = old.get("options") or {}
-    changes += [f"{key} {_show(old_options[key])} → {_show(value)}"
-                for key, value in new["options"].items() if key in old_options and old_options[key] != value]
+    old_options, new_options = old.get("options") or {}, new["options"]
+    if old_options:  # an option recorded on one side only is off (resampling) on the other
+        changes += [f"{key} {_show(old_options.get(key, 'off'))} → {_show(new_options.get(key, 'off'))}"
+                    for key in dict.fromkeys([*old_options, *new_options])
+                    if old_options.get(key, "off") != new_options.get(key, "off")]
     if changes:
         return ", ".join(changes)
     if "fingerprint" not in old or "options" not in old:

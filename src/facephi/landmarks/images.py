@@ -195,6 +195,32 @@ def downscale(rgb: np.ndarray, max_side: int) -> np.ndarray:
     return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
 
 
+INTERPOLATIONS = ("nearest", "linear", "cubic", "lanczos")
+"""Filters ``resample`` can enlarge an image with (OpenCV's INTER_NEAREST, _LINEAR, _CUBIC, _LANCZOS4)."""
+
+
+def resample(rgb: np.ndarray, upscale: int | None, interpolation: str, blur: float) -> np.ndarray:
+    """``rgb`` blurred (Gaussian, ``blur`` = sigma in its own pixels; 0: not) and then, when its longest
+    side is below ``upscale``, enlarged with ``interpolation`` so that side is ``upscale``.
+
+    Landmarks are fractions of the image, so this changes only what the mesh sees: the pixel noise of
+    another resolution (the same face meshed from a sharper or blurrier image)."""
+    import cv2
+
+    if interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation {interpolation!r} is not one of {INTERPOLATIONS}")
+    if blur > 0:
+        rgb = cv2.GaussianBlur(rgb, (0, 0), sigmaX=blur, borderType=cv2.BORDER_REFLECT)
+    h, w = rgb.shape[:2]
+    if upscale is None or max(h, w) >= upscale:
+        return rgb
+    scale = upscale / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    flag = {"nearest": cv2.INTER_NEAREST, "linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC,
+            "lanczos": cv2.INTER_LANCZOS4}[interpolation]
+    return cv2.resize(rgb, size, interpolation=flag)
+
+
 def crop_box(
     image: LoadedImage, box: tuple[float, float, float, float], margin: float
 ) -> LoadedImage:
