@@ -36,7 +36,8 @@ DRAFT_TOKENS = 32
 more tokens are nearly free, while a batch's pass costs arithmetic for every token."""
 
 DRAFT_MIN = 4
-"""Drafted tokens per face and pass, at least."""
+"""Drafted tokens per face and pass, at least (batches of 16: 2, 8, 12 or 16 answer no faster, within the
+run-to-run spread; ``benchmarks/results/batch_drafts.md``)."""
 
 
 SUFFIX_MATCH = 8
