@@ -1,4 +1,4 @@
-"""benchmarks/landmark_levers.py: every row scored on every set at every τ, on a tiny synthetic set."""
+"""benchmarks/landmark_levers.py (and its landmark_sets.py): every row scored on every set at every τ, on a tiny synthetic set."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import pytest
 from benchmark_loader import load_benchmark
 
 levers = load_benchmark("landmark_levers")
+face_sets = load_benchmark("landmark_sets")  # the module landmark_levers imports (one instance)
 
 
 def synthetic(name: str, n: int, seed: int, missed: int = 0) -> "levers.FaceSet":
@@ -91,10 +92,10 @@ def test_report_names_every_row_and_a_best_row(run):
 def test_failed_labels_reads_class_folders(tmp_path):
     (tmp_path / "failures.csv").write_text("path,split,reason,detail\nhappy/a.jpg,train,no face,x\n"
                                            "disgust/b.jpg,train,no face,x\n")
-    assert levers.failed_labels(tmp_path).tolist() == [1, 5]
+    assert face_sets.failed_labels(tmp_path).tolist() == [1, 5]
     (tmp_path / "failures.csv").write_text("path,split,reason,detail\nnowhere.jpg,train,no face,x\n")
     with pytest.raises(Exception, match="line 2: no class folder"):
-        levers.failed_labels(tmp_path)
+        face_sets.failed_labels(tmp_path)
 
 
 def test_remesh_rows_train_on_the_remeshes_and_need_them(run):
@@ -145,20 +146,20 @@ def test_remeshed_like_matches_faces_by_path_and_keeps_missed_ones(tmp_path):
     with open(root / "samples.csv", "w", newline="") as fh:
         csv.writer(fh).writerows([["index", "path", "label", "split", "width", "height"],
                                   *[[row, f"train/{i}.png", "neutral", "train", 48, 48] for row, i in enumerate(found)]])
-    got = levers.remeshed_like(train, root)
+    got = face_sets.remeshed_like(train, root)
     np.testing.assert_array_equal(got.landmarks[found], other)
     np.testing.assert_array_equal(got.landmarks[4], train.landmarks[4])
     assert list(got.labels) == list(train.labels)
     train.paths = [f"valid/{i}.png" for i in range(10)]
     with pytest.raises(FacePhiError, match="holds only 0 of the 10 Train faces"):
-        levers.remeshed_like(train, root)
+        face_sets.remeshed_like(train, root)
 
 
 def test_remesh_shift_measures_only_the_faces_the_remesh_found():
     train = synthetic("train", 64, 0)
     other = remeshed(train, 0.004)
     other.landmarks[:16] = train.landmarks[:16]  # not re-found: their own landmarks
-    shift, compared = levers.remesh_shift(train, other)
+    shift, compared = face_sets.remesh_shift(train, other)
     assert compared == 48 and 0 < shift < 10
-    more, _ = levers.remesh_shift(train, remeshed(train, 0.008))
+    more, _ = face_sets.remesh_shift(train, remeshed(train, 0.008))
     assert more > shift
