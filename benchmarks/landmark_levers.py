@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from landmark_sets import FaceSet, load_sets, recrop, remesh_options, remesh_shift  # noqa: E402
+from landmark_sets import FaceSet, load_sets, recrop, remesh_options, remesh_shifts  # noqa: E402
 
 TAUS = (0.0, 0.5, 1.0)
 RESAMPLES = 1000
@@ -394,7 +394,7 @@ def main() -> int:
         "undone by it exactly), so the MLP learns to ignore head pose that alignment did not remove.", "",
     ]
     if train_set.remeshed and any(lever.resampled for lever in levers):
-        shifts = [remesh_shift(train_set, other) for other in train_set.remeshed]
+        shifts = remesh_shifts(train_set)
         header += ["Re-mesh rows: in each epoch each FER+ Train face is drawn at random from its own mesh or one of "
                    "these re-extractions of the same images (`facephi extract` resampling options; a face a re-mesh "
                    "did not find keeps its own): " + "; ".join(

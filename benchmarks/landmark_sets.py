@@ -92,15 +92,20 @@ def remeshed_like(train: FaceSet, root: Path) -> FaceSet:
     return FaceSet(f"{train.name} ({root.name})", landmarks, sizes, train.labels, train.votes, paths=train.paths)
 
 
-def remesh_shift(train: FaceSet, other: FaceSet) -> tuple[float, int]:
-    """(mean |coordinate change| in units of that coordinate's spread across Train faces, faces compared):
-    how far the re-mesh ``other`` moves ``train``'s aligned landmarks (faces it did not find left out)."""
+def remesh_shifts(train: FaceSet) -> list[tuple[float, int]]:
+    """Per re-mesh of ``train``: (mean |coordinate change| in units of that coordinate's spread across
+    Train faces, faces compared), how far it moves the aligned landmarks (faces it did not find left out)."""
     from facephi.landmarks.normalize import Normalizer
 
     normalizer = Normalizer(align=True).fit(train.landmarks, train.sizes)
-    own, moved = normalizer(train.landmarks, train.sizes), normalizer(other.landmarks, other.sizes)
-    found = (train.landmarks != other.landmarks).any(axis=(1, 2))
-    return float((np.abs(own - moved)[found] / own.std(0)).mean()), int(found.sum())
+    own = normalizer(train.landmarks, train.sizes)
+    spread = own.std(0)
+    shifts = []
+    for other in train.remeshed:
+        found = (train.landmarks != other.landmarks).any(axis=(1, 2))
+        moved = normalizer(other.landmarks[found], other.sizes[found])
+        shifts.append((float((np.abs(own[found] - moved) / spread).mean()), int(found.sum())))
+    return shifts
 
 
 def remesh_options(root: Path) -> str:

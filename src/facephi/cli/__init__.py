@@ -26,14 +26,16 @@ def add_progress_flag(parser: argparse.ArgumentParser) -> None:
                         help="progress bar on a terminal, else a progress line every 30 s (default: on)")
 
 
-def refuse_answer_options(model: Path, answer_prior_tau: float | None, encoder_weight: float | None) -> None:
+def refuse_answer_options(model: Path, answer_prior_tau: float | None, encoder_weight: float | None,
+                          kind: str | None = None) -> None:
     """Before anything loads: ``--answer-prior-tau`` / ``--encoder-weight`` given with a landmark
-    encoder ``model`` (they shape a FacePhi model's answers) is a one-line FacePhiError naming the flag."""
+    encoder ``model`` (they shape a FacePhi model's answers) is a one-line FacePhiError naming the flag.
+    ``kind``: the model's ``check_model_dir`` kind when the caller has it (else checked here if needed)."""
     from facephi.model.checkpoints import ENCODER, check_model_dir
 
     given = [flag for flag, value in (("--answer-prior-tau", answer_prior_tau), ("--encoder-weight", encoder_weight))
              if value is not None]
-    if given and check_model_dir(model, "--model") == ENCODER:
+    if given and (kind or check_model_dir(model, "--model")) == ENCODER:
         raise FacePhiError(f"{given[0]}: applies to a FacePhi model's answers, {model} is a landmark encoder")
 
 

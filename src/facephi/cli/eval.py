@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     if kind == ENCODER and config.prior != "uniform":
         raise FacePhiError(f"--prior {config.prior}: applies to a FacePhi model's class scoring, "
                            f"{config.model} is a landmark encoder")
-    refuse_answer_options(config.model, config.answer_prior_tau, config.encoder_weight)
+    refuse_answer_options(config.model, config.answer_prior_tau, config.encoder_weight, kind)
     if not config.data.exists():
         raise FacePhiError(f"{config.data}: not found (--data)")
     data = LandmarkSet.load(config.data)
