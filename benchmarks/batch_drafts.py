@@ -79,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
             raise FacePhiError("--faces, --batch-size, --repeats, --threads and --draft-min must be positive")
         check_writable_dir(args.out.parent, "--out")
         from facephi.landmarks.store import LandmarkSet
+        from facephi.model.checkpoints import FACEPHI, check_model_dir
+        from facephi.serve.api import model_path
+
+        check_model_dir(model_path(args.model), "--model", expect=FACEPHI)
 
         data = LandmarkSet.load(args.data, drop_invalid=True)
     except (FacePhiError, OSError) as exc:

@@ -32,3 +32,6 @@ def test_batch_drafts_counts_positions_and_keeps_the_answers(tmp_path, capsys):
     assert "Faster than the default (4) in every repeat:" in out.read_text()
     assert load_benchmark("batch_drafts").main(["--faces", "0", "--out", str(out)]) == 2
     assert "must be positive" in capsys.readouterr().err
+    assert load_benchmark("batch_drafts").main(["--model", str(tmp_path / "absent"), "--data", str(data),
+                                                "--out", str(out)]) == 2
+    assert "absent: not found (--model)" in capsys.readouterr().err  # before any model loads
